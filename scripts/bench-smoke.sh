@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# CI's smoke run of the benchmark: small numbers, no thresholds, so the harness cannot rot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh --no-sqs
+cargo bench --locked --bench relay -- --events 2000 --latency-seconds 1 --rate 200 --producer-seconds 1

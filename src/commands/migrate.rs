@@ -1,0 +1,38 @@
+//! `outbox-relay migrate`.
+
+use std::process::ExitCode;
+
+use super::CommandError;
+use crate::{
+    config::Config,
+    store::{TableName, connect::Connector, migrate},
+};
+
+/// Applies the schema for `database.table`.
+pub async fn migrate(config: &Config) -> Result<ExitCode, CommandError> {
+    let table = TableName::parse(&config.database.table)
+        .map_err(|e| CommandError::usage(format!("config key `database.table`: {e}")))?;
+    let connector = Connector::new(
+        &config.database.url,
+        config.database.ca_file.as_deref(),
+        "outbox-relay-migrate",
+        config.database.connect_timeout,
+    )
+    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
+    let (mut client, _messages) = connector.connect_dedicated().await.map_err(|e| {
+        CommandError::failure(format!(
+            "{e}; check database.url / OUTBOX_RELAY_DATABASE__URL"
+        ))
+    })?;
+    let applied = migrate::migrate(&mut client, &table)
+        .await
+        .map_err(|e| CommandError::failure(e.to_string()))?;
+    if applied.is_empty() {
+        println!("schema for {table} is up to date");
+    } else {
+        for name in applied {
+            println!("applied {name} to {table}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

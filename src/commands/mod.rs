@@ -1,0 +1,148 @@
+//! One function per subcommand: they turn a validated [`Config`] into work and an exit code.
+//! Errors are one line for humans and say what to do next.
+
+mod dead;
+mod migrate;
+mod purge;
+mod replay;
+mod run;
+mod status;
+
+use std::process::ExitCode;
+
+use crate::{
+    cli::{Command, DeadCommand},
+    config::Config,
+    store::{TableName, admin::ReplaySelection, connect::Connector},
+};
+
+pub use migrate::migrate;
+pub use run::run;
+
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A command failure: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct CommandError {
+    /// One line for the operator.
+    pub message: String,
+    /// The process exit code.
+    pub code: u8,
+}
+
+impl CommandError {
+    /// A runtime failure (exit 1).
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_FAILURE,
+        }
+    }
+
+    /// A usage or configuration error (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_USAGE,
+        }
+    }
+}
+
+/// Runs `command`; the result becomes the process exit code.
+pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CommandError> {
+    match command {
+        Command::Run => run(config).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Config => {
+            print!("{}", config.redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, max_age } => status::status(&config, json, max_age).await,
+        Command::Dead {
+            command:
+                DeadCommand::List {
+                    json,
+                    limit,
+                    aggregate_type,
+                },
+        } => dead::list(&config, json, limit, aggregate_type.as_deref()).await,
+        Command::Replay {
+            id,
+            all_dead,
+            aggregate_type,
+            since,
+        } => {
+            let selection = if all_dead {
+                ReplaySelection::AllDead {
+                    aggregate_type,
+                    since,
+                }
+            } else {
+                ReplaySelection::Ids(id)
+            };
+            replay::replay(&config, selection).await
+        }
+        Command::Purge { older_than } => purge::purge(&config, older_than).await,
+    }
+}
+
+/// Turns a database error into an actionable one-liner.
+pub fn database_error(error: &crate::store::StoreError, table: &str) -> CommandError {
+    if error.is_missing_table() {
+        CommandError::failure(format!(
+            "the outbox table `{table}` does not exist: run `outbox-relay migrate` first"
+        ))
+    } else if error.is_connection() {
+        CommandError::failure(format!(
+            "cannot reach the database ({}); check database.url / OUTBOX_RELAY_DATABASE__URL",
+            error_chain(error)
+        ))
+    } else {
+        CommandError::failure(error_chain(error))
+    }
+}
+
+/// An error and its causes on one line, without repeating a cause its parent already shows
+/// (tokio-postgres puts the useful part, e.g. "Connection refused" or the server's message,
+/// in the source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// Opens one dedicated connection for an operator command and validates the table name.
+async fn open_outbox(config: &Config) -> Result<(tokio_postgres::Client, TableName), CommandError> {
+    let table = TableName::parse(&config.database.table)
+        .map_err(|e| CommandError::usage(format!("config key `database.table`: {e}")))?;
+    let connector = Connector::new(
+        &config.database.url,
+        config.database.ca_file.as_deref(),
+        "outbox-relay-cli",
+        config.database.connect_timeout,
+    )
+    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
+    let (client, _messages) = connector.connect_dedicated().await.map_err(|e| {
+        CommandError::failure(format!(
+            "cannot reach the database ({}); check database.url / OUTBOX_RELAY_DATABASE__URL",
+            error_chain(&e)
+        ))
+    })?;
+    Ok((client, table))
+}
+
+/// `--json` output, or a one-line error.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CommandError> {
+    crate::ops::render::json(value)
+        .map_err(|e| CommandError::failure(format!("cannot render JSON: {e}")))
+}

@@ -1,0 +1,35 @@
+//! outbox-relay: a transactional outbox relay. Applications insert rows into `outbox_events`
+//! in their own transactions; the relay publishes each committed event to RabbitMQ or SQS
+//! (at-least-once, event ID as the dedupe key, per-aggregate order) and marks it dispatched
+//! only after the broker confirmed it.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! wake-up (NOTIFY or timer) -> claim (store) -> publish (broker) -> settle (store)
+//!                                   ^                                   |
+//!                                   +----- retry / dead decisions ------+
+//! ```
+//!
+//! Modules:
+//! - [`cli`]: the command line (clap definitions).
+//! - [`commands`]: one function per subcommand, errors mapped to exit codes.
+//! - [`config`]: figment layering (defaults, TOML file, `OUTBOX_RELAY_*` env), validation
+//!   naming the offending key, secret redaction.
+//! - [`store`]: all SQL: connecting (TLS), migrations, claim, settle, the wake-up protocol,
+//!   status queries, dead-letter listing and replay, retention purges.
+//! - [`broker`]: the [`broker::Publisher`] contract, routing templates, RabbitMQ and SQS.
+//! - [`relay`]: the pipeline: wake-ups, batching into per-aggregate waves, retry policy,
+//!   circuit breaker, replica coordination (bucket ownership), shutdown drain.
+//! - [`ops`]: metrics, the gauge refresher, health state, the HTTP server for `/metrics`,
+//!   `/healthz`, `/readyz`, and the rendering of `status` / `dead list`.
+//! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+
+pub mod broker;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod ops;
+pub mod relay;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,108 @@
+//! Shared health state: written by the pipeline, read by `/healthz`, `/readyz` and the
+//! metrics gauges. State changes are logged here, once per change.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::metrics::Metrics;
+
+/// Connection and progress state of one relay.
+pub struct Health {
+    database_up: AtomicBool,
+    broker_up: AtomicBool,
+    /// Milliseconds since `epoch` of the last sign of progress (a settled batch or an empty
+    /// claim): the liveness probe fails when this is old while work is waiting.
+    last_progress_ms: AtomicU64,
+    /// Set by the gauge refresher: the oldest eligible event's age in ms (0 = none).
+    oldest_eligible_ms: AtomicU64,
+    epoch: Instant,
+    wedged_after: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Health {
+    /// Starts "down" for both until the relay has connected.
+    pub fn new(metrics: Arc<Metrics>, wedged_after: Duration) -> Self {
+        Self {
+            database_up: AtomicBool::new(false),
+            broker_up: AtomicBool::new(false),
+            last_progress_ms: AtomicU64::new(0),
+            oldest_eligible_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            wedged_after,
+            metrics,
+        }
+    }
+
+    /// Records the database state; logs only on change.
+    pub fn set_database_up(&self, up: bool, detail: &str) {
+        self.metrics.database_up.set(i64::from(up));
+        let was = self.database_up.swap(up, Ordering::SeqCst);
+        if was != up {
+            if up {
+                tracing::info!("database reachable");
+            } else {
+                tracing::warn!(
+                    error = detail,
+                    "database unreachable; reconnecting with backoff"
+                );
+            }
+        }
+    }
+
+    /// Records the broker state; logs only on change.
+    pub fn set_broker_up(&self, up: bool, detail: &str) {
+        self.metrics.broker_up.set(i64::from(up));
+        let was = self.broker_up.swap(up, Ordering::SeqCst);
+        if was != up {
+            if up {
+                tracing::info!("broker connected; publishing");
+            } else {
+                tracing::warn!(
+                    error = detail,
+                    "broker unavailable; publishing paused, reconnecting with backoff"
+                );
+            }
+        }
+    }
+
+    /// Both connections are usable.
+    pub fn ready(&self) -> bool {
+        self.database_up.load(Ordering::SeqCst) && self.broker_up.load(Ordering::SeqCst)
+    }
+
+    /// The broker is usable.
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::SeqCst)
+    }
+
+    /// The pipeline made progress now.
+    pub fn progress(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(now, Ordering::SeqCst);
+    }
+
+    /// The gauge refresher's view of the oldest eligible event.
+    pub fn set_oldest_eligible(&self, age: Option<Duration>) {
+        let ms = age.map(|a| a.as_millis().max(1) as u64).unwrap_or(0);
+        self.oldest_eligible_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Wedged: connected, eligible work older than `wedged_after`, and no progress for as
+    /// long. A restart may help then; it cannot help while a dependency is down.
+    pub fn wedged(&self) -> bool {
+        if !self.ready() {
+            return false;
+        }
+        let limit = self.wedged_after.as_millis() as u64;
+        let oldest = self.oldest_eligible_ms.load(Ordering::SeqCst);
+        let since_progress =
+            self.epoch.elapsed().as_millis() as u64 - self.last_progress_ms.load(Ordering::SeqCst);
+        oldest > limit && since_progress > limit
+    }
+}

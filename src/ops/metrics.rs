@@ -1,0 +1,197 @@
+//! Prometheus metrics (prometheus-client, one registry per relay instance, no globals).
+//! Counter names get the `_total` suffix from the exposition format.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// `destination` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// Exchange or queue.
+    pub destination: String,
+}
+
+/// `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// e.g. `unroutable`, `nacked`, `timeout`, `rejected`, `too_large`, `broker_down`.
+    pub reason: String,
+}
+
+/// `aggregate_type` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AggregateTypeLabel {
+    /// The aggregate type.
+    pub aggregate_type: String,
+}
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    /// The registry rendered at `/metrics`.
+    pub registry: Registry,
+    /// `outbox_events_published_total{destination}`
+    pub published: Family<DestinationLabel, Counter>,
+    /// `outbox_publish_failures_total{reason}`
+    pub failures: Family<ReasonLabel, Counter>,
+    /// `outbox_events_dead_total`
+    pub dead: Counter,
+    /// `outbox_retries_total`: failed attempts scheduled for a retry.
+    pub retries: Counter,
+    /// `outbox_publish_lag_seconds`: `created_at` to broker confirmation.
+    pub publish_lag: Histogram,
+    /// `outbox_batch_size`: events per claimed batch.
+    pub batch_size: Histogram,
+    /// `outbox_batch_duration_seconds`: publish + settle of one batch.
+    pub batch_duration: Histogram,
+    /// `outbox_broker_up`
+    pub broker_up: Gauge,
+    /// `outbox_database_up`
+    pub database_up: Gauge,
+    /// `outbox_pending_events{aggregate_type}`
+    pub pending: Family<AggregateTypeLabel, Gauge>,
+    /// `outbox_dead_events{aggregate_type}`
+    pub dead_events: Family<AggregateTypeLabel, Gauge>,
+    /// `outbox_oldest_pending_age_seconds`
+    pub oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `outbox_oldest_eligible_age_seconds`
+    pub oldest_eligible_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `outbox_owned_buckets`: buckets this replica owns (of `relay.buckets`).
+    pub owned_buckets: Gauge,
+    /// `outbox_relays`: live relays on this table, as seen by this one.
+    pub relays: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let published = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "outbox_events_published",
+            "Events confirmed by the broker",
+            published.clone(),
+        );
+        let failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "outbox_publish_failures",
+            "Failed publish attempts by reason",
+            failures.clone(),
+        );
+        let dead = Counter::default();
+        registry.register("outbox_events_dead", "Events moved to dead", dead.clone());
+        let retries = Counter::default();
+        registry.register(
+            "outbox_retries",
+            "Failed attempts scheduled for a retry with backoff",
+            retries.clone(),
+        );
+        let publish_lag = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            300.0, 900.0, 3600.0,
+        ]);
+        registry.register(
+            "outbox_publish_lag_seconds",
+            "Seconds from created_at to broker confirmation",
+            publish_lag.clone(),
+        );
+        let batch_size =
+            Histogram::new([1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]);
+        registry.register(
+            "outbox_batch_size",
+            "Events per claimed batch",
+            batch_size.clone(),
+        );
+        let batch_duration = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+        ]);
+        registry.register(
+            "outbox_batch_duration_seconds",
+            "Seconds to publish and settle one batch",
+            batch_duration.clone(),
+        );
+        let broker_up = Gauge::default();
+        registry.register(
+            "outbox_broker_up",
+            "1 while the broker connection is usable, 0 while publishing is paused",
+            broker_up.clone(),
+        );
+        let database_up = Gauge::default();
+        registry.register(
+            "outbox_database_up",
+            "1 while Postgres answers, 0 while the relay reconnects",
+            database_up.clone(),
+        );
+        let pending = Family::<AggregateTypeLabel, Gauge>::default();
+        registry.register(
+            "outbox_pending_events",
+            "Pending events by aggregate type",
+            pending.clone(),
+        );
+        let dead_events = Family::<AggregateTypeLabel, Gauge>::default();
+        registry.register(
+            "outbox_dead_events",
+            "Dead events by aggregate type",
+            dead_events.clone(),
+        );
+        let oldest_pending_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending event (0 when none)",
+            oldest_pending_age.clone(),
+        );
+        let oldest_eligible_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "outbox_oldest_eligible_age_seconds",
+            "Age of the oldest pending event that is due now (not waiting out a backoff)",
+            oldest_eligible_age.clone(),
+        );
+        let owned_buckets = Gauge::default();
+        registry.register(
+            "outbox_owned_buckets",
+            "Aggregate hash buckets this replica owns and publishes",
+            owned_buckets.clone(),
+        );
+        let relays = Gauge::default();
+        registry.register(
+            "outbox_relays",
+            "Live relays on this table, as counted by this replica",
+            relays.clone(),
+        );
+        Self {
+            registry,
+            owned_buckets,
+            relays,
+            published,
+            failures,
+            dead,
+            retries,
+            publish_lag,
+            batch_size,
+            batch_duration,
+            broker_up,
+            database_up,
+            pending,
+            dead_events,
+            oldest_pending_age,
+            oldest_eligible_age,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

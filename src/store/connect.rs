@@ -1,0 +1,413 @@
+//! Connecting to Postgres: parsing `database.url` (including the libpq `sslmode` values
+//! tokio-postgres does not know, `verify-ca` and `verify-full`, and `sslrootcert`), the rustls
+//! connector, the deadpool pool for claim/settle, and dedicated connections (LISTEN,
+//! coordination) that are never pooled.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+};
+use tokio_postgres::{Client, config::SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How the server certificate is checked (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// TLS if the server offers it, certificate not verified (libpq `prefer`, the default).
+    Prefer,
+    /// TLS required, certificate not verified (libpq `require` without `sslrootcert`).
+    Require,
+    /// TLS required, certificate chain verified, host name not.
+    VerifyCa,
+    /// TLS required, certificate chain and host name verified.
+    VerifyFull,
+}
+
+/// A parsed `database.url`.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// The tokio-postgres connection settings (sslmode mapped to what it understands).
+    pub config: tokio_postgres::Config,
+    /// Certificate verification mode.
+    pub tls: TlsMode,
+    /// `sslrootcert` from the URL.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Problems turning `database.url` into a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL cannot be parsed.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// A CA file cannot be read.
+    #[error("cannot read CA certificates from {path}: {message}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Building TLS settings failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The pool could not be built.
+    #[error("cannot create connection pool: {0}")]
+    Pool(String),
+    /// Connecting failed.
+    #[error("cannot connect to Postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Connecting took longer than `database.connect_timeout`.
+    #[error("timed out connecting to Postgres")]
+    Timeout,
+}
+
+/// Parses a libpq-style URL or key/value string.
+pub fn parse_url(url: &str) -> Result<PgTarget, ConnectError> {
+    let mut tls = TlsMode::Prefer;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: &str| -> Result<bool, ConnectError> {
+        match key {
+            "sslmode" => {
+                tls = match value {
+                    "disable" => TlsMode::Disable,
+                    "allow" | "prefer" => TlsMode::Prefer,
+                    "require" => TlsMode::Require,
+                    "verify-ca" => TlsMode::VerifyCa,
+                    "verify-full" => TlsMode::VerifyFull,
+                    other => {
+                        return Err(ConnectError::InvalidUrl(format!(
+                            "unknown sslmode `{other}`"
+                        )));
+                    }
+                };
+                Ok(true)
+            }
+            "sslrootcert" => {
+                root_cert = Some(PathBuf::from(value));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut parsed =
+            url::Url::parse(url).map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
+        let mut kept = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            if !take(&k, &v)? {
+                kept.push((k.into_owned(), v.into_owned()));
+            }
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        parsed.to_string()
+    } else {
+        let mut kept = Vec::new();
+        for token in url.split_whitespace() {
+            let (k, v) = token.split_once('=').unwrap_or((token, ""));
+            if !take(k, v)? {
+                kept.push(token);
+            }
+        }
+        kept.join(" ")
+    };
+    let mut config: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| ConnectError::InvalidUrl(e.to_string()))?;
+    if root_cert.is_some() && tls == TlsMode::Require {
+        // libpq: `require` with a root certificate behaves like `verify-ca`.
+        tls = TlsMode::VerifyCa;
+    }
+    config.ssl_mode(match tls {
+        TlsMode::Disable => SslMode::Disable,
+        TlsMode::Prefer => SslMode::Prefer,
+        _ => SslMode::Require,
+    });
+    Ok(PgTarget {
+        config,
+        tls,
+        root_cert,
+    })
+}
+
+/// Everything needed to open connections: the parsed target plus the TLS connector.
+#[derive(Clone)]
+pub struct Connector {
+    target: PgTarget,
+    tls: MakeRustlsConnect,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    /// Builds a connector for `url`, trusting the system roots plus `ca_file` and the URL's
+    /// `sslrootcert`. `application_name` identifies the relay in `pg_stat_activity`.
+    pub fn new(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        application_name: &str,
+        connect_timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        let mut target = parse_url(url)?;
+        if target.config.get_application_name().is_none() {
+            target.config.application_name(application_name);
+        }
+        target.config.connect_timeout(connect_timeout);
+        // Notice a server or network that vanished without closing the connection (failover
+        // to another address, blackholed route) in ~30 s instead of the system defaults (2 h
+        // keepalive idle, ~15 min of retransmissions): idle LISTEN connections and hung
+        // queries then fail and are reconnected. URL parameters win.
+        if target.config.get_tcp_user_timeout().is_none() {
+            target.config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        if target.config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            target
+                .config
+                .keepalives_idle(Duration::from_secs(10))
+                .keepalives_interval(Duration::from_secs(5))
+                .keepalives_retries(3);
+        }
+        let mut extra: Vec<PathBuf> = ca_file.map(|p| vec![p.to_owned()]).unwrap_or_default();
+        extra.extend(target.root_cert.clone());
+        let tls = MakeRustlsConnect::new(client_config(target.tls, &extra)?);
+        Ok(Self {
+            target,
+            tls,
+            connect_timeout,
+        })
+    }
+
+    /// A deadpool pool of `size` connections (verified with a cheap check on recycle).
+    pub fn pool(&self, size: usize) -> Result<Pool, ConnectError> {
+        let manager = Manager::from_config(
+            self.target.config.clone(),
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(self.connect_timeout))
+            .wait_timeout(Some(self.connect_timeout * 2))
+            .recycle_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|e| ConnectError::Pool(e.to_string()))
+    }
+
+    /// A dedicated connection; the returned receiver yields its asynchronous messages
+    /// (notifications) and ends when the connection closes.
+    pub async fn connect_dedicated(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+        ),
+        ConnectError,
+    > {
+        let connect = self.target.config.connect(self.tls.clone());
+        let (client, mut connection) = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = futures::StreamExt::next(&mut stream).await {
+                match message {
+                    Ok(message) => {
+                        if tx.send(message).is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "dedicated Postgres connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok((client, rx))
+    }
+}
+
+fn client_config(mode: TlsMode, extra: &[PathBuf]) -> Result<rustls::ClientConfig, ConnectError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let roots = Arc::new(root_store(extra)?);
+    let config = match mode {
+        TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            let inner =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            let verifier: Arc<dyn ServerCertVerifier> = if mode == TlsMode::VerifyCa {
+                Arc::new(IgnoreHostName(inner))
+            } else {
+                inner
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
+
+/// System roots plus the given PEM files.
+pub fn root_store(extra: &[PathBuf]) -> Result<rustls::RootCertStore, ConnectError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for path in extra {
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| ConnectError::CaFile {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        for cert in certs {
+            let cert = cert.map_err(|e| ConnectError::CaFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|e| ConnectError::CaFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// libpq `require`: encrypt, but do not authenticate the server.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// libpq `verify-ca`: the chain must verify, the host name need not match.
+#[derive(Debug)]
+struct IgnoreHostName(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for IgnoreHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_libpq_sslmodes() {
+        let t = parse_url("postgres://u@h/db?sslmode=verify-full&application_name=x").unwrap();
+        assert_eq!(t.tls, TlsMode::VerifyFull);
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(t.config.get_application_name(), Some("x"));
+        let t = parse_url("host=h user=u sslmode=verify-ca sslrootcert=/ca.pem").unwrap();
+        assert_eq!(t.tls, TlsMode::VerifyCa);
+        assert_eq!(t.root_cert, Some(PathBuf::from("/ca.pem")));
+        let t = parse_url("postgres://u@h/db").unwrap();
+        assert_eq!(t.tls, TlsMode::Prefer);
+        assert!(parse_url("postgres://u@h/db?sslmode=bogus").is_err());
+    }
+}

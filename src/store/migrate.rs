@@ -1,0 +1,67 @@
+//! `outbox-relay migrate`: applies the SQL files in `migrations/` (embedded at build time)
+//! for the configured table, idempotently, tracking applied versions with refinery in
+//! `<table>_schema_history`. Concurrent runs (several pods starting at once) serialize on an
+//! advisory lock.
+
+use refinery::{Migration, Runner};
+use tokio_postgres::Client;
+
+use super::TableName;
+
+/// The migrations, in order. Their text is written for the default table name
+/// `outbox_events` and rendered for the configured one.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "V1__outbox_events",
+    include_str!("../../migrations/V1__outbox_events.sql"),
+)];
+
+/// Advisory lock key serializing concurrent `migrate` runs.
+const MIGRATE_LOCK: i64 = 0x6f75_7462_6d69_6772; // "outbmigr"
+
+/// Why migrating failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// A statement failed.
+    #[error("database error while migrating: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// refinery refused (divergent or missing versions) or a migration failed.
+    #[error("migration failed: {0}")]
+    Refinery(#[from] refinery::Error),
+}
+
+/// Applies pending migrations; returns the names of those applied now.
+pub async fn migrate(client: &mut Client, table: &TableName) -> Result<Vec<String>, MigrateError> {
+    if let Some(schema) = table.schema() {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await?;
+        client
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await?;
+    }
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+        .await?;
+    let result = run(client, table).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+        .await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn run(client: &mut Client, table: &TableName) -> Result<Vec<String>, MigrateError> {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(name, sql)| Migration::unapplied(name, &table.render_migration(sql)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut runner = Runner::new(&migrations);
+    runner.set_migration_table_name(format!("{}_schema_history", table.name()));
+    let report = runner.run_async(client).await?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}

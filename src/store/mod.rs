@@ -1,0 +1,257 @@
+//! All SQL lives here: migrations, claiming eligible events, settling publish outcomes,
+//! the idle/wake-up protocol, status queries ([`status`]), dead-letter listing and replay
+//! ([`admin`]), retention purges ([`retention`]).
+//!
+//! The hot path ([`Store::claim`], [`Store::mark_dispatched`], [`Store::record_failures`]) runs
+//! on pooled connections with cached prepared statements. [`enqueue`] takes any client or
+//! transaction, so an application can write events inside its own transaction.
+
+pub mod admin;
+pub mod connect;
+mod event;
+pub mod migrate;
+mod queries;
+pub mod retention;
+pub mod status;
+mod table;
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+pub use event::{NewEvent, OutboxEvent};
+pub use queries::Queries;
+pub use table::{InvalidTableName, TableName};
+
+/// A failure talking to Postgres. Callers branch on [`StoreError::is_connection`]: a lost
+/// connection means "database down, retry later", anything else is a bug or a schema problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Getting a connection from the pool failed.
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl StoreError {
+    /// True when the failure is about reaching the database rather than the statement itself.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|code| {
+                        let c = code.code();
+                        // 08: connection exception, 57P: operator intervention (shutdown,
+                        // terminated), 53: insufficient resources.
+                        c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+                    })
+            }
+        }
+    }
+
+    /// True when the outbox table (or its objects) does not exist: run `outbox-relay migrate`.
+    pub fn is_missing_table(&self) -> bool {
+        matches!(self, StoreError::Postgres(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE))
+    }
+}
+
+/// One per-event failure to record.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The event.
+    pub id: Uuid,
+    /// Human-readable reason stored in `last_error`.
+    pub error: String,
+    /// Delay before the next attempt (ignored when `dead`).
+    pub retry_in: Duration,
+    /// Move the event to `dead` now.
+    pub dead: bool,
+}
+
+/// What happens to confirmed events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchMode {
+    /// `status = 'dispatched'`, kept until the retention purge removes them.
+    Mark,
+    /// Deleted on dispatch (`retention.dispatched = 0`).
+    Delete,
+}
+
+/// The relay's handle on the outbox table: a pool plus the SQL rendered for the table.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    table: TableName,
+    sql: std::sync::Arc<Queries>,
+    dispatch: DispatchMode,
+}
+
+impl Store {
+    /// Creates a store over `pool` for `table`.
+    pub fn new(pool: Pool, table: TableName, dispatch: DispatchMode) -> Self {
+        let sql = std::sync::Arc::new(Queries::new(&table));
+        Self {
+            pool,
+            table,
+            sql,
+            dispatch,
+        }
+    }
+
+    /// The table this store works on.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// The pool (for status queries and tests).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The rendered SQL.
+    pub fn queries(&self) -> &Queries {
+        &self.sql
+    }
+
+    /// Claims up to `limit` eligible events in write order: pending, due, after `after_seq`,
+    /// not behind an earlier pending event of the same aggregate that waits out a backoff or
+    /// lies at or before `after_seq` (in flight, or not looked at), and (with `buckets`) only
+    /// aggregates whose bucket is owned. Claiming writes nothing: exclusivity comes from
+    /// bucket ownership, and the caller passes as `after_seq` the highest `seq` it has in
+    /// flight (0 when nothing is), so in-flight events are neither re-claimed nor overtaken.
+    pub async fn claim(
+        &self,
+        after_seq: i64,
+        limit: usize,
+        buckets: Option<(&[i32], i32)>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&self.sql.claim).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (owned, count) = match buckets {
+            Some((owned, count)) => (Some(owned), count),
+            None => (None, 1),
+        };
+        let rows = client
+            .query(&stmt, &[&after_seq, &limit, &owned, &count])
+            .await?;
+        rows.iter().map(OutboxEvent::from_row).collect()
+    }
+
+    /// Settles confirmed events (only rows still pending, so a late settle never overrides a
+    /// replay or another replica's outcome). Returns the number of rows changed.
+    pub async fn mark_dispatched(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let client = self.pool.get().await?;
+        let sql = match self.dispatch {
+            DispatchMode::Mark => &self.sql.mark_dispatched,
+            DispatchMode::Delete => &self.sql.delete_dispatched,
+        };
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.execute(&stmt, &[&ids]).await?)
+    }
+
+    /// Records failed attempts: `attempts + 1`, `last_error`, a new `available_at`, or `dead`.
+    pub async fn record_failures(&self, failures: &[Failure]) -> Result<u64, StoreError> {
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<i64> = failures
+            .iter()
+            .map(|f| i64::try_from(f.retry_in.as_millis()).unwrap_or(i64::MAX))
+            .collect();
+        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&self.sql.record_failures).await?;
+        Ok(client
+            .execute(&stmt, &[&ids, &errors, &delays, &dead])
+            .await?)
+    }
+
+    /// Wake-up protocol, step 1: announce "a relay is about to sleep"; from now on producers
+    /// NOTIFY.
+    pub async fn announce_sleep(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.execute(&self.sql.announce_sleep, &[]).await?;
+        Ok(())
+    }
+
+    /// Wake-up protocol, step 2: true when no producer is between its INSERT and its commit,
+    /// so none can have missed the announcement without being visible to the next claim.
+    pub async fn producers_quiet(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(&self.sql.producers_quiet, &[&self.table.regclass()])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Wake-up protocol, step 3: "this relay is awake again" (balances `announce_sleep`).
+    pub async fn announce_wake(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.execute(&self.sql.announce_wake, &[]).await?;
+        Ok(())
+    }
+}
+
+/// Inserts an event through any client or transaction (for applications and tests); returns
+/// its id. Use it inside the transaction that makes the business change.
+pub async fn enqueue(
+    client: &impl GenericClient,
+    table: &TableName,
+    event: &NewEvent,
+) -> Result<Uuid, StoreError> {
+    let sql = format!(
+        "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        table.qualified()
+    );
+    let id = event.id.unwrap_or_else(Uuid::new_v4);
+    let headers = serde_json::Value::Object(
+        event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &id,
+                &event.aggregate_type,
+                &event.aggregate_id,
+                &event.event_type,
+                &event.payload,
+                &headers,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+impl Store {
+    /// Verifies that the table and the objects the relay uses exist (fails with
+    /// [`StoreError::is_missing_table`] before `outbox-relay migrate` was run).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .batch_execute(&format!(
+                "SELECT 1 FROM {} LIMIT 0; SELECT last_value FROM {}",
+                self.table.qualified(),
+                self.table.derived("_sleepers")
+            ))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! Retention: deleting dispatched rows older than a duration, in small batches, so the table
+//! and its indexes do not grow without bound. Used by `outbox-relay purge` and by the relay's
+//! background task ([`purge_loop`], every `retention.interval`).
+//!
+//! Only `status = 'dispatched'` rows are ever deleted, found through the `dispatched_at`
+//! partial index. Each batch locks its rows with `FOR UPDATE SKIP LOCKED`, so any number of
+//! replicas (and a manual `purge`) can run at once: they split the rows instead of waiting
+//! for each other, and no row is counted twice.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::GenericClient;
+use tokio_util::sync::CancellationToken;
+
+use super::{StoreError, TableName};
+
+/// Pause between two batches of one purge run, to leave room for producers and the relay.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// Deletes up to `limit` dispatched rows whose `dispatched_at` is older than `older_than`;
+/// returns how many.
+pub async fn purge_batch(
+    client: &impl GenericClient,
+    table: &TableName,
+    older_than: Duration,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let t = table.qualified();
+    let older_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+    Ok(client
+        .execute(
+            &format!(
+                "DELETE FROM {t} WHERE id IN ( \
+                   SELECT id FROM {t} \
+                   WHERE status = 'dispatched' \
+                     AND dispatched_at < now() - $1::int8 * interval '1 millisecond' \
+                   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            &[&older_ms, &limit],
+        )
+        .await?)
+}
+
+/// Purges in batches of `batch` until a batch deletes fewer rows; returns the total. Each
+/// batch is its own statement (its own transaction unless `client` is one), so locks and WAL
+/// stay small.
+pub async fn purge(
+    client: &impl GenericClient,
+    table: &TableName,
+    older_than: Duration,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = purge_batch(client, table, older_than, batch).await?;
+        total += deleted;
+        if deleted < u64::try_from(batch).unwrap_or(0) {
+            return Ok(total);
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+}
+
+/// What the background purge needs.
+#[derive(Debug, Clone)]
+pub struct RetentionSchedule {
+    /// Dispatched rows older than this are deleted (`retention.dispatched`; zero deletes
+    /// every dispatched row, e.g. left over from before retention was set to `0s`).
+    pub older_than: Duration,
+    /// Rows per statement (`retention.batch_size`).
+    pub batch: i64,
+    /// Time between purge runs (`retention.interval`).
+    pub interval: Duration,
+}
+
+/// The background purge: every `schedule.interval` (first run at start-up), deletes old
+/// dispatched rows in batches until a batch comes back short. Failures are logged and
+/// retried at the next interval; shutdown interrupts it at once.
+pub async fn purge_loop(
+    pool: Pool,
+    table: TableName,
+    schedule: RetentionSchedule,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(schedule.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let run = purge_run(&pool, &table, &schedule);
+        let result = tokio::select! {
+            result = run => result,
+            _ = shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(
+                deleted,
+                older_than = %humantime::format_duration(schedule.older_than),
+                "retention: purged old dispatched events"
+            ),
+            // The relay's own health state reports (and logs) a lost database.
+            Err(error) if error.is_connection() => {
+                tracing::debug!(%error, "retention purge failed; retrying next interval");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "retention purge failed; retrying next interval");
+            }
+        }
+    }
+}
+
+async fn purge_run(
+    pool: &Pool,
+    table: &TableName,
+    schedule: &RetentionSchedule,
+) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    purge(&**client, table, schedule.older_than, schedule.batch).await
+}
