@@ -3,10 +3,12 @@
 //!
 //! `cargo bench --bench relay -- [--events N] [--payload-bytes B] [--batch-size S]
 //!  [--replicas R] [--latency-seconds T] [--rate R] [--producer-seconds T] [--sqs]
-//!  [--skip-broker] [--skip-store] [--skip-drain] [--skip-latency] [--skip-producers]`
+//!  [--skip-broker] [--skip-store] [--skip-drain] [--skip-latency] [--skip-producers]
+//!  [--sqs-events N]`
 //!
-//! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` also the
-//! emulator. Every part uses its own database and exchange/queue.
+//! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` adds part 7,
+//! the SQS variant against the emulator at `OUTBOX_TEST_SQS` (default moto on
+//! 127.0.0.1:4566): the emulator's own SendMessageBatch rate next to the relay's drain. Every part uses its own database and exchange/queue.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::{
@@ -40,6 +42,7 @@ struct Args {
     rate: u64,
     producer_secs: u64,
     sqs: bool,
+    sqs_events: usize,
     skip: Vec<String>,
 }
 
@@ -53,6 +56,7 @@ fn args() -> Args {
         rate: 1000,
         producer_secs: 5,
         sqs: false,
+        sqs_events: 5_000,
         skip: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -71,6 +75,7 @@ fn args() -> Args {
             "--rate" => a.rate = num(),
             "--producer-seconds" => a.producer_secs = num(),
             "--sqs" => a.sqs = true,
+            "--sqs-events" => a.sqs_events = num() as usize,
             "--bench" => {}
             s if s.starts_with("--skip-") => a.skip.push(s.trim_start_matches("--skip-").into()),
             other => panic!("unknown flag {other}"),
@@ -486,6 +491,107 @@ async fn producers(secs: u64) -> (f64, f64, f64, f64) {
     (bare, always, trigger_only, ours)
 }
 
+fn sqs_endpoint() -> String {
+    std::env::var("OUTBOX_TEST_SQS").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+fn sqs_client() -> aws_sdk_sqs::Client {
+    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(sqs_endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+async fn sqs_queue(client: &aws_sdk_sqs::Client) -> String {
+    client
+        .create_queue()
+        .queue_name(format!("outbox-bench-{}", Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
+}
+
+/// SendMessageBatch calls the relay keeps in flight at most (its default waves x batches).
+const SQS_IN_FLIGHT: usize = 8;
+
+/// 7a. The emulator's own limit: SendMessageBatch of 10 entries, 8 calls in flight.
+async fn raw_sqs(n: usize, payload: usize) -> f64 {
+    let client = sqs_client();
+    let queue = sqs_queue(&client).await;
+    let body = "x".repeat(payload);
+    let batches: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(10)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let started = Instant::now();
+    futures::stream::iter(batches)
+        .map(|batch| {
+            let client = client.clone();
+            let queue = queue.clone();
+            let body = body.clone();
+            async move {
+                let mut req = client.send_message_batch().queue_url(queue);
+                for i in batch {
+                    req = req.entries(
+                        aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(body.clone())
+                            .build()
+                            .unwrap(),
+                    );
+                }
+                let out = req.send().await.unwrap();
+                assert!(out.failed().is_empty(), "{:?}", out.failed());
+            }
+        })
+        .buffer_unordered(SQS_IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = client.delete_queue().queue_url(queue).send().await;
+    rate
+}
+
+/// 7b. The relay draining a backlog into an emulator queue.
+async fn relay_drain_sqs(n: usize, payload: usize, batch: usize) -> f64 {
+    let (name, url) = fresh_db().await;
+    prefill(&url, n, payload).await;
+    let client = sqs_client();
+    let queue = sqs_queue(&client).await;
+    let db = connect(&url).await;
+    let started = Instant::now();
+    let endpoint = sqs_endpoint();
+    let relay = spawn_relay(
+        &url,
+        "unused",
+        batch,
+        &[
+            ("OUTBOX_RELAY_BROKER__KIND", "sqs"),
+            ("OUTBOX_RELAY_BROKER__SQS__QUEUE_URL", queue.as_str()),
+            ("OUTBOX_RELAY_BROKER__SQS__ENDPOINT_URL", endpoint.as_str()),
+            ("OUTBOX_RELAY_BROKER__SQS__REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    while pending(&db).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    stop(relay);
+    let _ = client.delete_queue().queue_url(queue).send().await;
+    drop_db(&name).await;
+    rate
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -544,6 +650,15 @@ async fn main() {
             always / bare,
             trigger_only / bare,
             ours / bare
+        );
+    }
+    if a.sqs {
+        let raw = raw_sqs(a.sqs_events, a.payload).await;
+        let relay = relay_drain_sqs(a.sqs_events, a.payload, a.batch).await;
+        println!(
+            "7. SQS emulator ({} events): raw SendMessageBatch (10/call, {SQS_IN_FLIGHT} in flight) {raw:.0} msg/s | relay drain {relay:.0} events/s = {:.2} x raw",
+            a.sqs_events,
+            relay / raw
         );
     }
 }

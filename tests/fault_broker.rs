@@ -1,6 +1,7 @@
 //! Broker trouble: an outage (through a per-test TCP proxy) pauses publishing without
-//! counting attempts and resumes by itself; nacks are per-event retries; a broker that stops
-//! confirming is treated as down, not as N failed events.
+//! counting attempts and resumes by itself; so does RabbitMQ closing the relay's connection
+//! itself; nacks are per-event retries; a broker that stops confirming is treated as down,
+//! not as N failed events.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -340,5 +341,56 @@ async fn a_broker_that_stops_answering_pauses_publishing_and_cannot_block_shutdo
     relay.stop().await;
     assert_eq!(db.count(&client, "dead").await, 0);
     proxy.cut();
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_closing_the_connection_pauses_and_reconnects_without_attempts() {
+    // GIVEN a relay whose RabbitMQ connection we can find on the server (through a proxy that
+    // records its upstream ports) and that has delivered a first event
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::bound().await;
+    let mut rx = broker.consume().await;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut config = relay_config(&db, &broker);
+    config.broker.rabbitmq.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let relay = start_relay(&config);
+    let client = db.client().await;
+    let first = db.insert(&client, "a-1", "first").await;
+    assert_eq!(receive_n(&mut rx, 1).await[0].message_id, first.to_string());
+
+    // WHEN RabbitMQ closes that connection (`rabbitmqctl close_connection`) and more events
+    // of the same aggregate are written
+    let closed = rabbitmq_close_connections(&proxy.upstream_ports()).await;
+    assert!(
+        closed >= 1,
+        "the relay's connection was not found on the server"
+    );
+    let mut later = Vec::new();
+    for i in 0..5 {
+        later.push(db.insert(&client, "a-1", &format!("after-{i}")).await);
+    }
+
+    // THEN the relay reconnects by itself and delivers them in order
+    let got: Vec<String> = receive_n(&mut rx, 5)
+        .await
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    let want: Vec<String> = later.iter().map(ToString::to_string).collect();
+    assert_eq!(got, want);
+    assert!(proxy.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    // AND the close counted no attempt against any event
+    eventually("all dispatched", || async {
+        db.count(&client, "dispatched").await == 6
+    })
+    .await;
+    let attempts: i64 = client
+        .query_one("SELECT sum(attempts) FROM outbox_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 0);
+    relay.stop().await;
     broker.cleanup().await;
 }

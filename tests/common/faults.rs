@@ -34,6 +34,8 @@ pub struct Proxy {
     flow: tokio::sync::watch::Sender<bool>,
     pub accepted: Arc<AtomicUsize>,
     pub refused: Arc<AtomicUsize>,
+    /// Local ports of the proxy's connections to `target` (how the server sees the client).
+    upstream: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Proxy {
@@ -45,12 +47,14 @@ impl Proxy {
         let flow = tokio::sync::watch::Sender::new(true);
         let accepted = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
-        let (up2, gen2, acc2, ref2, flow2) = (
+        let upstream = Arc::new(Mutex::new(Vec::new()));
+        let (up2, gen2, acc2, ref2, flow2, upstream2) = (
             up.clone(),
             generation.clone(),
             accepted.clone(),
             refused.clone(),
             flow.clone(),
+            upstream.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -65,10 +69,14 @@ impl Proxy {
                 acc2.fetch_add(1, Ordering::SeqCst);
                 let cut = gen2.lock().unwrap().clone();
                 let (up_flow, down_flow) = (flow2.subscribe(), flow2.subscribe());
+                let upstream = upstream2.clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    if let Ok(local) = outbound.local_addr() {
+                        upstream.lock().unwrap().push(local.port());
+                    }
                     let (in_read, in_write) = inbound.into_split();
                     let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
@@ -86,7 +94,13 @@ impl Proxy {
             flow,
             accepted,
             refused,
+            upstream,
         }
+    }
+
+    /// The local ports of every connection the proxy opened to its target so far.
+    pub fn upstream_ports(&self) -> Vec<u16> {
+        self.upstream.lock().unwrap().clone()
     }
 
     /// Closes every open connection and refuses new ones until [`Proxy::restore`].
@@ -546,4 +560,39 @@ pub async fn terminate_relay_connections(admin: &tokio_postgres::Client, db: &st
         .await
         .unwrap()
         .get(0)
+}
+
+/// Has RabbitMQ itself close the connections whose client port is in `ports`
+/// (`rabbitmqctl close_connection`: the server sends `connection.close` 320
+/// CONNECTION_FORCED, as a node that shuts down does). Returns how many were closed.
+pub async fn rabbitmq_close_connections(ports: &[u16]) -> usize {
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "peer_port",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl (installed with rabbitmq-server by scripts/services.sh)");
+    assert!(listed.status.success(), "{listed:?}");
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(pid), Some(port)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if port.parse::<u16>().is_ok_and(|p| ports.contains(&p)) {
+            let status = tokio::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "closed by the test", "-q"])
+                .status()
+                .await
+                .unwrap();
+            assert!(status.success());
+            closed += 1;
+        }
+    }
+    closed
 }
