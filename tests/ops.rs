@@ -7,7 +7,10 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{faults::Proxy, *};
+use common::{
+    faults::{Proxy, http_get},
+    *,
+};
 use outbox_relay::{
     broker::{Outcome, PublishError, Publisher},
     ops::server,
@@ -441,25 +444,6 @@ impl Publisher for NeverConfirms {
         "nowhere".into()
     }
     async fn close(&self) {}
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// Serves the relay's `/metrics`, `/healthz`, `/readyz` on 127.0.0.1:<random>.
