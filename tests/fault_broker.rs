@@ -359,13 +359,20 @@ async fn rabbitmq_closing_the_connection_pauses_and_reconnects_without_attempts(
     let first = db.insert(&client, "a-1", "first").await;
     assert_eq!(receive_n(&mut rx, 1).await[0].message_id, first.to_string());
 
-    // WHEN RabbitMQ closes that connection (`rabbitmqctl close_connection`) and more events
-    // of the same aggregate are written
+    // WHEN RabbitMQ closes that connection (`rabbitmqctl close_connection`)
     let closed = rabbitmq_close_connections(&proxy.upstream_ports()).await;
     assert!(
         closed >= 1,
         "the relay's connection was not found on the server"
     );
+
+    // THEN the idle relay notices and reconnects before it has anything to publish
+    eventually("reconnected while idle", || async {
+        proxy.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+
+    // WHEN more events of the same aggregate are written
     let mut later = Vec::new();
     for i in 0..5 {
         later.push(db.insert(&client, "a-1", &format!("after-{i}")).await);
@@ -379,7 +386,6 @@ async fn rabbitmq_closing_the_connection_pauses_and_reconnects_without_attempts(
         .collect();
     let want: Vec<String> = later.iter().map(ToString::to_string).collect();
     assert_eq!(got, want);
-    assert!(proxy.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     // AND the close counted no attempt against any event
     eventually("all dispatched", || async {
         db.count(&client, "dispatched").await == 6

@@ -76,6 +76,13 @@ pub trait Publisher: Send + Sync + 'static {
     /// The destination label (exchange or queue) for metrics and logs.
     fn destination(&self, event: &OutboxEvent) -> String;
 
+    /// The connection is known to be gone although no publish failed yet (e.g. the broker
+    /// closed it while the relay was idle): the relay then reports the broker down and
+    /// reconnects before its next publish. Connectionless backends keep the default.
+    fn lost(&self) -> bool {
+        false
+    }
+
     /// Closes connections (at shutdown, after the last publish).
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
@@ -109,6 +116,13 @@ impl Publisher for Broker {
         match self {
             Broker::RabbitMq(p) => p.destination(event),
             Broker::Sqs(p) => p.destination(event),
+        }
+    }
+
+    fn lost(&self) -> bool {
+        match self {
+            Broker::RabbitMq(p) => p.lost(),
+            Broker::Sqs(p) => p.lost(),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct RabbitMqPublisher {
     /// The live connection; `None` until connected (the next `connect` rebuilds it and its
     /// channels once `poisoned` is set).
     session: tokio::sync::Mutex<Option<Connection>>,
+    /// The live connection's state, readable without awaiting `session`.
+    status: Mutex<Option<lapin::ConnectionStatus>>,
     /// Idle channels of the current generation, tagged with it.
     idle: Mutex<Vec<(u64, Channel)>>,
     /// One permit per channel: a publish call holds one channel to itself.
@@ -78,6 +80,7 @@ impl RabbitMqPublisher {
             publish_timeout,
             channel_count: DEFAULT_CHANNELS,
             session: tokio::sync::Mutex::new(None),
+            status: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(DEFAULT_CHANNELS),
             generation: AtomicU64::new(0),
@@ -238,6 +241,7 @@ impl Publisher for RabbitMqPublisher {
         // Channels still lent out belong to the old generation and are dropped on return.
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *self.idle() = channels.into_iter().map(|c| (generation, c)).collect();
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.status().clone());
         self.poisoned.store(false, Ordering::SeqCst);
         *session = Some(connection);
         Ok(())
@@ -340,6 +344,16 @@ impl Publisher for RabbitMqPublisher {
 
     fn destination(&self, _event: &OutboxEvent) -> String {
         self.exchange.clone()
+    }
+
+    fn lost(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+            || self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|status| !status.connected())
     }
 
     async fn close(&self) {

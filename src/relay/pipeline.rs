@@ -102,6 +102,12 @@ impl<P: Publisher> Pipeline<P> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.connect_broker(&shutdown).await;
         while !shutdown.is_cancelled() {
+            if self.ctx.health.broker_up() && self.ctx.publisher.lost() {
+                // Closed under us while idle: say so now, not at the next publish.
+                self.ctx
+                    .health
+                    .set_broker_up(false, "the broker connection was closed");
+            }
             if !self.ctx.health.broker_up() {
                 self.wait_for_tasks(&shutdown).await;
                 self.connect_broker(&shutdown).await;

@@ -247,6 +247,10 @@ impl<P: Publisher> Publisher for Faulty<P> {
         self.inner.destination(event)
     }
 
+    fn lost(&self) -> bool {
+        self.inner.lost()
+    }
+
     async fn close(&self) {
         self.inner.close().await
     }
