@@ -110,13 +110,16 @@ impl RabbitMqPublisher {
     }
 
     /// Returns a channel after use, or drops it (and poisons the session) when it failed.
+    /// A channel of an older generation is dropped either way: its failure says nothing
+    /// about the connection that replaced it.
     fn give_back(&self, generation: u64, channel: Channel, healthy: bool) {
-        if !healthy || !channel.status().connected() {
-            self.poisoned.store(true, Ordering::SeqCst);
+        if generation != self.generation.load(Ordering::SeqCst) {
             return;
         }
-        if generation == self.generation.load(Ordering::SeqCst) {
+        if healthy && channel.status().connected() {
             self.idle().push((generation, channel));
+        } else {
+            self.poisoned.store(true, Ordering::SeqCst);
         }
     }
 
