@@ -78,8 +78,14 @@ ensure_sqs() {
   if listening 4566; then log "sqs emulator: already listening"; return; fi
   if ! command -v moto_server >/dev/null; then
     log "sqs emulator: installing moto[server] from PyPI"
-    python3 -m pip install -q 'moto[server]' || $SUDO python3 -m pip install -q --break-system-packages 'moto[server]'
+    if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+    # Debian's own python3 refuses a plain `pip install` (PEP 668); the project needs only
+    # this one command-line tool from it.
+    python3 -m pip install -q 'moto[server]' ||
+      $SUDO python3 -m pip install -q --break-system-packages 'moto[server]'
     hash -r
+    # A per-user install lands in ~/.local/bin, which may not be on PATH.
+    command -v moto_server >/dev/null || PATH="$(python3 -m site --user-base)/bin:$PATH"
   fi
   log "sqs emulator: starting moto on 127.0.0.1:4566"
   mkdir -p "${TMPDIR:-/tmp}/outbox-relay"

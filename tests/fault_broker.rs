@@ -17,9 +17,9 @@ async fn broker_outage_pauses_publishing_without_burning_attempts() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let (proxy, amqp_via_proxy) = rabbitmq_proxy().await;
     let mut config = relay_config(&db, &broker);
-    config.broker.rabbitmq.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    config.broker.rabbitmq.url = amqp_via_proxy;
     config.retry.max_attempts = 2;
     let relay = start_relay(&config);
     let client = db.client().await;
@@ -192,13 +192,10 @@ async fn broker_outage_as_an_operator_sees_it_one_warning_a_503_and_recovery() {
     // GIVEN the relay process reaching RabbitMQ through a proxy, with max_attempts = 2
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
-    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let (proxy, amqp_via_proxy) = rabbitmq_proxy().await;
     let env = [
         ("OUTBOX_RELAY_DATABASE__URL", db.url.clone()),
-        (
-            "OUTBOX_RELAY_BROKER__RABBITMQ__URL",
-            format!("amqp://guest:guest@{}/%2f", proxy.addr),
-        ),
+        ("OUTBOX_RELAY_BROKER__RABBITMQ__URL", amqp_via_proxy),
         (
             "OUTBOX_RELAY_BROKER__RABBITMQ__EXCHANGE",
             broker.exchange.clone(),
@@ -283,9 +280,9 @@ async fn a_broker_that_stops_answering_pauses_publishing_and_cannot_block_shutdo
     // max_attempts = 1 (any counted attempt would kill an event)
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
-    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let (proxy, amqp_via_proxy) = rabbitmq_proxy().await;
     let mut config = relay_config(&db, &broker);
-    config.broker.rabbitmq.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    config.broker.rabbitmq.url = amqp_via_proxy;
     config.relay.publish_timeout = Duration::from_millis(300);
     config.retry.max_attempts = 1;
     let relay = start_relay(&config);
@@ -351,9 +348,9 @@ async fn rabbitmq_closing_the_connection_pauses_and_reconnects_without_attempts(
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let (proxy, amqp_via_proxy) = rabbitmq_proxy().await;
     let mut config = relay_config(&db, &broker);
-    config.broker.rabbitmq.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    config.broker.rabbitmq.url = amqp_via_proxy;
     let relay = start_relay(&config);
     let client = db.client().await;
     let first = db.insert(&client, "a-1", "first").await;

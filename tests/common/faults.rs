@@ -124,6 +124,26 @@ impl Proxy {
     }
 }
 
+/// A [`Proxy`] in front of the tests' RabbitMQ (`OUTBOX_TEST_AMQP`), and the AMQP URL that
+/// reaches it through the proxy.
+pub async fn rabbitmq_proxy() -> (Proxy, String) {
+    let mut url = url::Url::parse(&crate::common::amqp_url()).unwrap();
+    let server = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5672)
+    );
+    let target = tokio::net::lookup_host(server)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    (proxy, url.to_string())
+}
+
 /// Copies `from` to `to`, holding the bytes back while `flow` is `false`.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
