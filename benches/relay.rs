@@ -1,17 +1,30 @@
 //! The relay benchmark: one run measures the raw limits of this machine and the relay against
 //! them, side by side (see the README's Performance section).
 //!
-//! `cargo bench --bench relay -- [--events N] [--payload-bytes B] [--batch-size S]
-//!  [--replicas R] [--latency-seconds T] [--rate R] [--producer-seconds T] [--sqs]
-//!  [--skip-broker] [--skip-store] [--skip-drain] [--skip-latency] [--skip-producers]
-//!  [--sqs-events N]`
+//! `cargo bench --bench relay -- [--events N] [--aggregates N] [--analyze] [--payload-bytes B]
+//!  [--batch-size S] [--replicas R] [--drain-timeout T] [--latency-seconds T] [--rate R]
+//!  [--producer-seconds T] [--sqs] [--sqs-events N] [--skip-broker] [--skip-store]
+//!  [--skip-drain] [--skip-latency] [--skip-producers]`
+//! `cargo bench --bench relay -- --matrix [--matrix-scale F] [...]`
+//! (`-- --help` lists them.)
+//!
+//! The backlog is spread over `--aggregates` aggregates (default 1,000) round-robin in `seq`
+//! order, written by one INSERT ... SELECT and, unless `--analyze`, measured as loaded: no
+//! statistics, as a backlog arrives in production between autovacuum runs. `--matrix` runs
+//! the raw broker limit and the confirm round trips once, then the drain for aggregates 10 /
+//! 100 / 1,000 / 100,000 at a 50k backlog and 1,000 at 500k, as one table against them.
 //!
 //! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` adds part 7,
 //! the SQS variant against the emulator at `OUTBOX_TEST_SQS` (default moto on
-//! 127.0.0.1:4566): the emulator's own SendMessageBatch rate next to the relay's drain. Every part uses its own database and exchange/queue.
+//! 127.0.0.1:4566): the emulator's own SendMessageBatch rate next to the relay's drain. Every
+//! part uses its own database and exchange/queue. The relay runs as the release binary with
+//! its default config but for what the benchmark sets (database, exchange, batch size,
+//! metrics port, rebalance interval, log level); `OUTBOX_RELAY_*` variables in the
+//! environment reach it too (e.g. `OUTBOX_RELAY_RELAY__MODE=poll`) and are printed.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::{
+    collections::VecDeque,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -20,6 +33,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use clap::{Parser, builder::RangedU64ValueParser};
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties, ExchangeKind,
@@ -33,55 +47,91 @@ use outbox_relay::store::{DispatchMode, Store, TableName, connect::Connector, mi
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+/// The relay benchmark (see the README's Performance section).
+#[derive(Parser, Debug)]
+#[command(name = "relay-bench", bin_name = "cargo bench --bench relay --")]
 struct Args {
+    /// Events in the backlog of parts 1-3 (raw broker, raw store, relay drain).
+    #[arg(long, default_value_t = 100_000, value_parser = positive())]
     events: usize,
-    payload: usize,
-    batch: usize,
+    /// Payload size of each event.
+    #[arg(long, default_value_t = 500)]
+    payload_bytes: usize,
+    /// The relay's `relay.batch_size` (and the raw store's claim size).
+    #[arg(long, default_value_t = 500, value_parser = positive())]
+    batch_size: usize,
+    /// Relay processes draining one table.
+    #[arg(long, default_value_t = 1, value_parser = positive())]
     replicas: usize,
-    latency_secs: u64,
+    /// Distinct aggregate_ids the prefilled backlog is spread over, round-robin in `seq`
+    /// order (event i belongs to aggregate i mod N): each aggregate gets ~events/N events,
+    /// interleaved with all others.
+    #[arg(long, default_value_t = 1_000, value_parser = positive())]
+    aggregates: usize,
+    /// VACUUM ANALYZE the table after the prefill. Off by default: the table is measured
+    /// as loaded (one INSERT ... SELECT, no statistics), as a backlog arrives in production
+    /// between autovacuum runs.
+    #[arg(long)]
+    analyze: bool,
+    /// Give up on a drain after this many seconds and report the rate so far.
+    #[arg(long, default_value_t = 600, value_parser = positive_u64())]
+    drain_timeout: u64,
+    /// Part 4's duration.
+    #[arg(long, default_value_t = 10, value_parser = positive_u64())]
+    latency_seconds: u64,
+    /// Part 4's event rate (one event per transaction).
+    #[arg(long, default_value_t = 1000, value_parser = positive_u64())]
     rate: u64,
-    producer_secs: u64,
+    /// Part 5's duration per variant.
+    #[arg(long, default_value_t = 5, value_parser = positive_u64())]
+    producer_seconds: u64,
+    /// Run part 7, the SQS variant against the emulator at OUTBOX_TEST_SQS.
+    #[arg(long)]
     sqs: bool,
+    /// Events of part 7.
+    #[arg(long, default_value_t = 1_000, value_parser = positive())]
     sqs_events: usize,
-    skip: Vec<String>,
+    /// Instead of parts 2-7: the raw broker limit, the confirm round trip at 1/10/100
+    /// outstanding confirms, and the relay drain for aggregates 10 / 100 / 1,000 / 100,000
+    /// at a 50,000 backlog and 1,000 aggregates at a 500,000 backlog, as one table.
+    #[arg(long)]
+    matrix: bool,
+    /// Multiplies the matrix's backlogs (e.g. 0.05 for a smoke run); aggregates stay.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_f64)]
+    matrix_scale: f64,
+    /// Skip part 1 (raw broker).
+    #[arg(long)]
+    skip_broker: bool,
+    /// Skip part 2 (raw store).
+    #[arg(long)]
+    skip_store: bool,
+    /// Skip parts 3 and 6 (relay drain, its peak RSS).
+    #[arg(long)]
+    skip_drain: bool,
+    /// Skip part 4 (notify wake-up latency).
+    #[arg(long)]
+    skip_latency: bool,
+    /// Skip part 5 (producers' commit rate).
+    #[arg(long)]
+    skip_producers: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn args() -> Args {
-    let mut a = Args {
-        events: 100_000,
-        payload: 500,
-        batch: 500,
-        replicas: 1,
-        latency_secs: 10,
-        rate: 1000,
-        producer_secs: 5,
-        sqs: false,
-        sqs_events: 1_000,
-        skip: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut num = || {
-            it.next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .expect("number")
-        };
-        match flag.as_str() {
-            "--events" => a.events = num() as usize,
-            "--payload-bytes" => a.payload = num() as usize,
-            "--batch-size" => a.batch = num() as usize,
-            "--replicas" => a.replicas = num() as usize,
-            "--latency-seconds" => a.latency_secs = num(),
-            "--rate" => a.rate = num(),
-            "--producer-seconds" => a.producer_secs = num(),
-            "--sqs" => a.sqs = true,
-            "--sqs-events" => a.sqs_events = num() as usize,
-            "--bench" => {}
-            s if s.starts_with("--skip-") => a.skip.push(s.trim_start_matches("--skip-").into()),
-            other => panic!("unknown flag {other}"),
-        }
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+fn positive_u64() -> RangedU64ValueParser<u64> {
+    RangedU64ValueParser::<u64>::new().range(1..)
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
     }
-    a
 }
 
 fn pg_server() -> String {
@@ -121,22 +171,40 @@ async fn drop_db(name: &str) {
         .await;
 }
 
-async fn prefill(url: &str, events: usize, payload: usize) {
+/// A backlog to prefill: `events` rows of ~`payload` bytes spread over `aggregates`
+/// aggregate_ids round-robin in `seq` order, written by one INSERT ... SELECT (one
+/// transaction, one call of the statement trigger).
+#[derive(Clone, Copy, Debug)]
+struct Backlog {
+    events: usize,
+    aggregates: usize,
+    payload: usize,
+    /// VACUUM ANALYZE after the load; otherwise the table has no statistics, as loaded.
+    analyze: bool,
+}
+
+async fn prefill(url: &str, b: Backlog) {
     let client = connect(url).await;
-    let pad = "x".repeat(payload.saturating_sub(40));
+    let pad = "x".repeat(b.payload.saturating_sub(40));
     client
         .execute(
             "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) \
-             SELECT 'order', (i % 10000)::text, 'created', jsonb_build_object('i', i, 'pad', $2::text) \
-             FROM generate_series(1, $1::int) i",
-            &[&(events as i32), &pad],
+             SELECT 'order', (i % $2::int8)::text, 'created', jsonb_build_object('i', i, 'pad', $3::text) \
+             FROM generate_series(1, $1::int8) i",
+            &[&(b.events as i64), &(b.aggregates as i64), &pad],
         )
         .await
         .unwrap();
-    client
-        .batch_execute("VACUUM ANALYZE outbox_events")
-        .await
-        .unwrap();
+    if b.analyze {
+        client
+            .batch_execute("VACUUM ANALYZE outbox_events")
+            .await
+            .unwrap();
+    }
+    // Write the load's dirty pages out now rather than in a checkpoint during the
+    // measurement (needs superuser or pg_checkpoint; skipped otherwise). Neither statistics
+    // nor the visibility map change: the table is still "as loaded".
+    let _ = client.batch_execute("CHECKPOINT").await;
 }
 
 /// Declares a durable exchange + durable queue bound with `#`.
@@ -185,8 +253,32 @@ async fn broker_cleanup(conn: &Connection, exchange: &str, queue: &str) {
         .await;
 }
 
-/// 1. Raw broker limit: lapin, persistent messages, `window` outstanding confirms.
-async fn raw_broker(n: usize, payload: usize, window: usize) -> f64 {
+/// Confirms outstanding in the raw broker limit (part 1).
+const RAW_WINDOW: usize = 1000;
+
+/// One raw publishing run: its rate and each message's confirm round trip.
+#[derive(Clone, Copy, Debug)]
+struct BrokerRun {
+    rate: f64,
+    /// Publish call to confirm, median and 99th percentile, in milliseconds.
+    rtt_p50_ms: f64,
+    rtt_p99_ms: f64,
+}
+
+impl BrokerRun {
+    const SKIPPED: BrokerRun = BrokerRun {
+        rate: f64::NAN,
+        rtt_p50_ms: f64::NAN,
+        rtt_p99_ms: f64::NAN,
+    };
+}
+
+/// Part 1, the raw broker limit: lapin, persistent messages, `window` outstanding confirms
+/// (the oldest is awaited once `window` are out). Each confirm is awaited by a task of its
+/// own that notes when it arrived, so the round trip (publish call to confirm) is exact
+/// however far behind the publishing loop is, and the loop's window is the same as without
+/// the tasks.
+async fn raw_broker(n: usize, payload: usize, window: usize) -> BrokerRun {
     let conn = Connection::connect(&amqp(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -196,9 +288,11 @@ async fn raw_broker(n: usize, payload: usize, window: usize) -> f64 {
         .await
         .unwrap();
     let body = vec![b'x'; payload];
+    let mut rtts = Vec::with_capacity(n);
     let started = Instant::now();
-    let mut pending = std::collections::VecDeque::new();
+    let mut pending = VecDeque::new();
     for i in 0..n {
+        let sent = Instant::now();
         let confirm = ch
             .basic_publish(
                 exchange.as_str().into(),
@@ -214,23 +308,52 @@ async fn raw_broker(n: usize, payload: usize, window: usize) -> f64 {
             )
             .await
             .unwrap();
-        pending.push_back(confirm);
+        pending.push_back(tokio::spawn(async move {
+            let ack = confirm.await.unwrap().is_ack();
+            (ack, sent.elapsed())
+        }));
         if pending.len() >= window {
-            assert!(pending.pop_front().unwrap().await.unwrap().is_ack());
+            let (ack, rtt) = pending.pop_front().unwrap().await.unwrap();
+            assert!(ack);
+            rtts.push(rtt);
         }
     }
     for c in pending {
-        assert!(c.await.unwrap().is_ack());
+        let (ack, rtt) = c.await.unwrap();
+        assert!(ack);
+        rtts.push(rtt);
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     broker_cleanup(&conn, &exchange, &queue).await;
-    rate
+    rtts.sort_unstable();
+    let ms = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    BrokerRun {
+        rate,
+        rtt_p50_ms: ms(0.5),
+        rtt_p99_ms: ms(0.99),
+    }
+}
+
+/// Messages for a round-trip measurement with `window` confirms outstanding: enough for a
+/// steady state, about a second or two here.
+fn rtt_messages(window: usize) -> usize {
+    (window * 200).clamp(2_000, 20_000)
+}
+
+/// The order bound for `aggregates` aggregates: each aggregate has at most one event in
+/// flight, so at most `aggregates` confirms are outstanding and at most `aggregates` per
+/// round trip can be confirmed (Little's law), the round trip measured with that many
+/// confirms outstanding. None when the aggregates do not bind (at least the raw window).
+fn order_bound(aggregates: usize, rtt: &BrokerRun) -> Option<f64> {
+    (aggregates < RAW_WINDOW && rtt.rtt_p50_ms.is_finite())
+        .then(|| aggregates as f64 / (rtt.rtt_p50_ms / 1000.0))
 }
 
 /// 2. Raw store limit: the relay's claim + mark SQL, no broker.
-async fn raw_store(n: usize, payload: usize, batch: usize) -> f64 {
+async fn raw_store(b: Backlog, batch: usize) -> f64 {
+    let n = b.events;
     let (name, url) = fresh_db().await;
-    prefill(&url, n, payload).await;
+    prefill(&url, b).await;
     let connector = Connector::new(&url, None, "bench", Duration::from_secs(5)).unwrap();
     let store = Store::new(
         connector.pool(4).unwrap(),
@@ -241,11 +364,14 @@ async fn raw_store(n: usize, payload: usize, batch: usize) -> f64 {
     let started = Instant::now();
     let mut done = 0;
     while done < n {
-        let events = store.claim(0, batch, Some((&all, 64))).await.unwrap();
+        let events = store
+            .read_pending(0, batch, Some((&all, 64)))
+            .await
+            .unwrap();
         if events.is_empty() {
             break;
         }
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        let ids: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
         done += store.mark_dispatched(&ids).await.unwrap() as usize;
     }
     let rate = done as f64 / started.elapsed().as_secs_f64();
@@ -288,24 +414,113 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Whether any event is still pending. Cheap on purpose (the first pending row through the
-/// partial index, every 50 ms): a `count(*)` over a 100k backlog every few ms would take CPU
-/// from the relay it measures.
-async fn any_pending(client: &Client) -> bool {
+/// The first pending event at or after `from` (a `seq`), if any: the end-of-drain check,
+/// cheap on purpose (one row through the partial pending index, every 50 ms; a `count(*)`
+/// over a 100k backlog every few ms would take CPU from the relay it measures). The caller
+/// passes the last answer as `from`: no row before it can be pending again (the backlog is
+/// written before the relay starts, and a relay only ever takes a row out of `pending`, by
+/// marking or deleting it), and the index scan then starts there instead of stepping over
+/// the index entries of every row settled so far.
+async fn first_pending(client: &Client, from: i64) -> Option<i64> {
     client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE status = 'pending')",
-            &[],
+        .query_opt(
+            "SELECT seq FROM outbox_events WHERE status = 'pending' AND seq >= $1 \
+             ORDER BY seq LIMIT 1",
+            &[&from],
         )
         .await
         .unwrap()
-        .get(0)
+        .map(|r| r.get(0))
 }
 
-/// 3 + 6. The relay draining a pre-written backlog; events/s and peak RSS.
-async fn relay_drain(n: usize, payload: usize, batch: usize, replicas: usize) -> (f64, f64) {
+/// Rows still pending and rows gone dead (a full count, for the end of a run only).
+async fn pending_and_dead(client: &Client) -> (usize, usize) {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                    count(*) FILTER (WHERE status = 'dead') FROM outbox_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize)
+}
+
+/// How a drain went.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    /// Events taken out of `pending` per second, from the relays' start to the end (or the
+    /// timeout).
+    rate: f64,
+    /// Events taken out of `pending` by then.
+    settled: usize,
+    secs: f64,
+    timed_out: bool,
+    /// Highest peak RSS of the relay processes.
+    rss_mb: f64,
+}
+
+impl Drain {
+    fn note(&self, events: usize) -> String {
+        if self.timed_out {
+            format!(
+                "  (timed out after {:.0} s: {} of {} events)",
+                self.secs,
+                thousands(self.settled as f64),
+                thousands(events as f64)
+            )
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Waits until no event is pending (or `timeout`), noting the peak RSS of `pids`.
+async fn wait_drained(
+    client: &Client,
+    events: usize,
+    started: Instant,
+    timeout: Duration,
+    pids: &[u32],
+) -> Drain {
+    let mut rss: f64 = 0.0;
+    let mut from = 0;
+    let mut timed_out = false;
+    while let Some(seq) = first_pending(client, from).await {
+        from = seq;
+        for &pid in pids {
+            rss = rss.max(peak_rss_mb(pid));
+        }
+        if started.elapsed() >= timeout {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let settled = if timed_out {
+        events - pending_and_dead(client).await.0
+    } else {
+        events
+    };
+    for &pid in pids {
+        rss = rss.max(peak_rss_mb(pid));
+    }
+    Drain {
+        rate: settled as f64 / secs,
+        settled,
+        secs,
+        timed_out,
+        rss_mb: rss,
+    }
+}
+
+/// 3 + 6. The relay draining a pre-written backlog in a fresh database and into a fresh
+/// queue: events/s and peak RSS. Afterwards the queue is checked against the table: fewer
+/// messages than events settled as dispatched is a loss, and says so.
+async fn relay_drain(b: Backlog, batch: usize, replicas: usize, timeout: Duration) -> Drain {
     let (name, url) = fresh_db().await;
-    prefill(&url, n, payload).await;
+    prefill(&url, b).await;
     let conn = Connection::connect(&amqp(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -315,21 +530,38 @@ async fn relay_drain(n: usize, payload: usize, batch: usize, replicas: usize) ->
     let children: Vec<Child> = (0..replicas)
         .map(|_| spawn_relay(&url, &exchange, batch, &[]))
         .collect();
-    let mut rss: f64 = 0.0;
-    while any_pending(&client).await {
-        for c in &children {
-            rss = rss.max(peak_rss_mb(c.id()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    for c in &children {
-        rss = rss.max(peak_rss_mb(c.id()));
-    }
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let drain = wait_drained(&client, b.events, started, timeout, &pids).await;
     children.into_iter().for_each(stop);
+    let (pending, dead) = pending_and_dead(&client).await;
+    let dispatched = b.events - pending - dead;
+    let queued = conn
+        .create_channel()
+        .await
+        .unwrap()
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count() as usize;
+    if queued < dispatched {
+        eprintln!(
+            "   !! LOSS: {dispatched} events settled as dispatched, the queue holds only {queued} messages"
+        );
+    }
+    if dead > 0 {
+        eprintln!("   !! {dead} events went dead");
+    }
     broker_cleanup(&conn, &exchange, &queue).await;
     drop_db(&name).await;
-    (rate, rss)
+    drain
 }
 
 fn now_micros() -> u64 {
@@ -528,7 +760,7 @@ const SQS_IN_FLIGHT: usize = 8;
 
 /// 7a. The emulator's own limit: SendMessageBatch of 10 entries, 8 calls in flight, each
 /// entry exactly what the relay sends for such an event (same body and attributes).
-async fn raw_sqs(n: usize, payload: usize) -> f64 {
+async fn raw_sqs(n: usize, payload: usize, aggregates: usize) -> f64 {
     use outbox_relay::{broker::sqs::message, store::OutboxEvent};
     let client = sqs_client();
     let queue = sqs_queue(&client).await;
@@ -539,7 +771,7 @@ async fn raw_sqs(n: usize, payload: usize) -> f64 {
                 id: Uuid::new_v4(),
                 seq: i as i64,
                 aggregate_type: "order".into(),
-                aggregate_id: (i % 10_000).to_string(),
+                aggregate_id: (i % aggregates).to_string(),
                 event_type: "created".into(),
                 payload: body.to_string(),
                 headers: vec![],
@@ -578,9 +810,9 @@ async fn raw_sqs(n: usize, payload: usize) -> f64 {
 }
 
 /// 7b. The relay draining a backlog into an emulator queue.
-async fn relay_drain_sqs(n: usize, payload: usize, batch: usize) -> f64 {
+async fn relay_drain_sqs(b: Backlog, batch: usize, timeout: Duration) -> Drain {
     let (name, url) = fresh_db().await;
-    prefill(&url, n, payload).await;
+    prefill(&url, b).await;
     let client = sqs_client();
     let queue = sqs_queue(&client).await;
     let db = connect(&url).await;
@@ -602,69 +834,279 @@ async fn relay_drain_sqs(n: usize, payload: usize, batch: usize) -> f64 {
             ("AWS_SECRET_ACCESS_KEY", "test"),
         ],
     );
-    while any_pending(&db).await {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let drain = wait_drained(&db, b.events, started, timeout, &[relay.id()]).await;
     stop(relay);
     let _ = client.delete_queue().queue_url(queue).send().await;
     drop_db(&name).await;
-    rate
+    drain
+}
+
+/// `12345.6` as "12,346".
+fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 { format!("-{out}") } else { out }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "ok" } else { "MISSED" }
+}
+
+/// What this run is measured under: cores, the server's autovacuum, relay overrides.
+async fn describe_setup(a: &Args) {
+    let autovacuum: String = connect(&format!("{}/postgres", pg_server()))
+        .await
+        .query_one("SHOW autovacuum", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let overrides: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("OUTBOX_RELAY_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "{} cores; {} B payload, batch {}, {} replica(s); table {}; server autovacuum {autovacuum}; relay overrides: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        a.payload_bytes,
+        a.batch_size,
+        a.replicas,
+        if a.analyze {
+            "VACUUM ANALYZEd after the prefill"
+        } else {
+            "measured as loaded (no ANALYZE, no VACUUM)"
+        },
+        if overrides.is_empty() {
+            "none".into()
+        } else {
+            overrides.join(" ")
+        }
+    );
+}
+
+/// The round trips printed as "1: 0.5 ms (p99 0.9)  10: ...".
+fn describe_rtts(rtts: &[(usize, BrokerRun)]) -> String {
+    rtts.iter()
+        .map(|(w, r)| format!("{w}: {:.2} ms (p99 {:.2})", r.rtt_p50_ms, r.rtt_p99_ms))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// `--matrix`: the raw broker limit and the confirm round trips once, then the relay drain
+/// over backlogs and aggregate counts, each in a fresh database and queue.
+async fn matrix(a: &Args) {
+    let scaled = |n: usize| ((n as f64 * a.matrix_scale).round() as usize).max(1);
+    let (small, large) = (scaled(50_000), scaled(500_000));
+    let backlog = |events, aggregates| Backlog {
+        events,
+        aggregates,
+        payload: a.payload_bytes,
+        analyze: a.analyze,
+    };
+    let timeout = Duration::from_secs(a.drain_timeout);
+    println!(
+        "outbox-relay benchmark matrix: backlogs {} and {} (scale {})",
+        thousands(small as f64),
+        thousands(large as f64),
+        a.matrix_scale
+    );
+    describe_setup(a).await;
+    let mut rtts: Vec<(usize, BrokerRun)> = Vec::new();
+    let raw = if a.skip_broker {
+        BrokerRun::SKIPPED
+    } else {
+        let raw = raw_broker(small.max(10_000), a.payload_bytes, RAW_WINDOW).await;
+        for w in [1, 10, 100] {
+            rtts.push((w, raw_broker(rtt_messages(w), a.payload_bytes, w).await));
+        }
+        rtts.push((RAW_WINDOW, raw));
+        raw
+    };
+    println!(
+        "raw broker (lapin, {RAW_WINDOW} outstanding confirms, no Postgres): {} msg/s",
+        thousands(raw.rate)
+    );
+    if !rtts.is_empty() {
+        println!(
+            "confirm round trip (publish to confirm) p50 by confirms outstanding: {}",
+            describe_rtts(&rtts)
+        );
+    }
+    let rtt_at = |w: usize| {
+        rtts.iter()
+            .find(|(x, _)| *x == w)
+            .map_or(BrokerRun::SKIPPED, |(_, r)| *r)
+    };
+    println!();
+    println!(
+        "{:>9} {:>10} {:>12} {:>7} {:>13} {:>11} {:>12} {:>8}",
+        "backlog",
+        "aggregates",
+        "drain ev/s",
+        "x raw",
+        "target",
+        "rtt p50 ms",
+        "order bound",
+        "x bound"
+    );
+    let runs = [
+        (small, 10, None),
+        (small, 100, Some(0.5)),
+        (small, 1_000, Some(0.8)),
+        (small, 100_000, Some(0.8)),
+        (large, 1_000, None),
+    ];
+    let mut results = Vec::new();
+    for (events, aggregates, target) in runs {
+        let d = relay_drain(
+            backlog(events, aggregates),
+            a.batch_size,
+            a.replicas,
+            timeout,
+        )
+        .await;
+        let x_raw = d.rate / raw.rate;
+        let rtt = rtt_at(aggregates);
+        let bound = order_bound(aggregates, &rtt);
+        println!(
+            "{:>9} {:>10} {:>12} {:>7.2} {:>13} {:>11} {:>12} {:>8}{}",
+            thousands(events as f64),
+            thousands(aggregates as f64),
+            thousands(d.rate),
+            x_raw,
+            target.map_or("-".into(), |t| format!(">= {t} {}", verdict(x_raw >= t))),
+            if bound.is_some() {
+                format!("{:.2}", rtt.rtt_p50_ms)
+            } else {
+                "-".into()
+            },
+            bound.map_or("-".into(), thousands),
+            bound.map_or("-".into(), |b| format!("{:.2}", d.rate / b)),
+            d.note(events)
+        );
+        results.push(d);
+    }
+    let (at_small, at_large) = (results[2], results[4]);
+    let ratio = at_large.rate / at_small.rate;
+    println!();
+    println!(
+        "{} / {} backlog drain rate (1,000 aggregates): {ratio:.2} (target >= 0.8: {})",
+        thousands(large as f64),
+        thousands(small as f64),
+        verdict(ratio >= 0.8)
+    );
+    println!(
+        "relay peak RSS during the {} drain: {:.1} MB (target <= 64 MB: {})",
+        thousands(large as f64),
+        at_large.rss_mb,
+        verdict(at_large.rss_mb <= 64.0)
+    );
+    if results.iter().any(|d| d.timed_out) {
+        println!(
+            "(a timed-out drain's rate is events settled / --drain-timeout {} s)",
+            a.drain_timeout
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let a = args();
-    let skip = |p: &str| a.skip.iter().any(|s| s == p);
-    println!(
-        "outbox-relay benchmark: {} events, {} B payload, batch {}, {} replica(s), {} cores",
-        a.events,
-        a.payload,
-        a.batch,
-        a.replicas,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    let broker = if skip("broker") {
-        f64::NAN
-    } else {
-        raw_broker(a.events, a.payload, 1000).await
-    };
-    let serial = if skip("broker") {
-        f64::NAN
-    } else {
-        raw_broker(a.events.min(2000), a.payload, 1).await
-    };
-    let store = if skip("store") {
-        f64::NAN
-    } else {
-        raw_store(a.events, a.payload, a.batch).await
-    };
-    println!(
-        "1. raw broker (lapin, 1000 outstanding confirms) {broker:>10.0} msg/s   (serial confirms: {serial:.0} msg/s)"
-    );
-    println!("2. raw store (relay claim + mark SQL, no broker) {store:>10.0} rows/s");
-    if !skip("drain") {
-        let (rate, rss) = relay_drain(a.events, a.payload, a.batch, a.replicas).await;
-        let limit = broker.min(store);
-        println!(
-            "3. relay drain ({} replica(s))                   {rate:>10.0} events/s  = {:.2} x min(1, 2) = {limit:.0}",
-            a.replicas,
-            rate / limit
-        );
-        println!("6. relay peak RSS during the drain               {rss:>10.1} MB");
+    let a = Args::parse();
+    if a.matrix {
+        matrix(&a).await;
+        return;
     }
-    if !skip("latency") {
-        let (p50, p99, max, n) = latency(a.latency_secs, a.rate).await;
+    let backlog = Backlog {
+        events: a.events,
+        aggregates: a.aggregates,
+        payload: a.payload_bytes,
+        analyze: a.analyze,
+    };
+    let timeout = Duration::from_secs(a.drain_timeout);
+    println!(
+        "outbox-relay benchmark: {} events over {} aggregates",
+        thousands(a.events as f64),
+        thousands(a.aggregates as f64)
+    );
+    describe_setup(&a).await;
+    let (broker, serial, at_aggregates) = if a.skip_broker {
+        (BrokerRun::SKIPPED, BrokerRun::SKIPPED, BrokerRun::SKIPPED)
+    } else {
+        let broker = raw_broker(a.events, a.payload_bytes, RAW_WINDOW).await;
+        let serial = raw_broker(a.events.min(2000), a.payload_bytes, 1).await;
+        // The round trip with as many confirms outstanding as there are aggregates, for
+        // the order bound of the drain, when the aggregates are what binds.
+        let at_aggregates = if a.aggregates < RAW_WINDOW && !a.skip_drain {
+            raw_broker(rtt_messages(a.aggregates), a.payload_bytes, a.aggregates).await
+        } else {
+            BrokerRun::SKIPPED
+        };
+        (broker, serial, at_aggregates)
+    };
+    let store = if a.skip_store {
+        f64::NAN
+    } else {
+        raw_store(backlog, a.batch_size).await
+    };
+    println!(
+        "1. raw broker (lapin, {RAW_WINDOW} outstanding confirms) {:>10} msg/s   confirm round trip p50 {:.2} ms, p99 {:.2} ms   (serial confirms: {} msg/s, p50 {:.2} ms)",
+        thousands(broker.rate),
+        broker.rtt_p50_ms,
+        broker.rtt_p99_ms,
+        thousands(serial.rate),
+        serial.rtt_p50_ms
+    );
+    println!(
+        "2. raw store (relay claim + mark SQL, no broker) {:>10} rows/s",
+        thousands(store)
+    );
+    if !a.skip_drain {
+        let d = relay_drain(backlog, a.batch_size, a.replicas, timeout).await;
+        let limit = broker.rate.min(store);
+        println!(
+            "3. relay drain ({} replica(s))                   {:>10} events/s  = {:.2} x min(1, 2) = {}  ({:.2} x raw broker){}",
+            a.replicas,
+            thousands(d.rate),
+            d.rate / limit,
+            thousands(limit),
+            d.rate / broker.rate,
+            d.note(a.events)
+        );
+        if let Some(bound) = order_bound(a.aggregates, &at_aggregates) {
+            println!(
+                "   order bound: {} aggregates / {:.2} ms confirm round trip at {} outstanding = {} events/s ({:.2} x bound)",
+                a.aggregates,
+                at_aggregates.rtt_p50_ms,
+                a.aggregates,
+                thousands(bound),
+                d.rate / bound
+            );
+        }
+        println!(
+            "6. relay peak RSS during the drain               {:>10.1} MB",
+            d.rss_mb
+        );
+    }
+    if !a.skip_latency {
+        let (p50, p99, max, n) = latency(a.latency_seconds, a.rate).await;
         println!(
             "4. notify wake-up latency at {} events/s ({n} events): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
             a.rate
         );
     }
-    if !skip("producers") {
-        let (bare, always, trigger_only, ours) = producers(a.producer_secs).await;
+    if !a.skip_producers {
+        let (bare, always, trigger_only, ours) = producers(a.producer_seconds).await;
         println!(
             "5. producer commits/s (4 conns, 1 row/tx): no trigger {bare:.0} | always-NOTIFY trigger {always:.0} ({:.2}x) | relay's trigger, relay busy (no NOTIFY) {trigger_only:.0} ({:.2}x) | relay's trigger + running relay draining them {ours:.0} ({:.2}x)",
             always / bare,
@@ -673,12 +1115,18 @@ async fn main() {
         );
     }
     if a.sqs {
-        let raw = raw_sqs(a.sqs_events, a.payload).await;
-        let relay = relay_drain_sqs(a.sqs_events, a.payload, a.batch).await;
+        let raw = raw_sqs(a.sqs_events, a.payload_bytes, a.aggregates).await;
+        let sqs_backlog = Backlog {
+            events: a.sqs_events,
+            ..backlog
+        };
+        let relay = relay_drain_sqs(sqs_backlog, a.batch_size, timeout).await;
         println!(
-            "7. SQS emulator ({} events): raw SendMessageBatch (10/call, {SQS_IN_FLIGHT} in flight) {raw:.0} msg/s | relay drain {relay:.0} events/s = {:.2} x raw",
+            "7. SQS emulator ({} events): raw SendMessageBatch (10/call, {SQS_IN_FLIGHT} in flight) {raw:.0} msg/s | relay drain {:.0} events/s = {:.2} x raw{}",
             a.sqs_events,
-            relay / raw
+            relay.rate,
+            relay.rate / raw,
+            relay.note(a.sqs_events)
         );
     }
 }

@@ -105,10 +105,26 @@ pub struct RelayConfig {
     /// Poll period (in notify mode: the fallback poll).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Maximum events claimed per batch.
+    /// Rows per read of the backlog, and at most this many events per publish call.
     pub batch_size: usize,
-    /// Batches published concurrently (claiming the next while the broker confirms the last).
-    pub max_inflight_batches: usize,
+    /// Deprecated: the number of publish calls in flight. Read as `publish_channels` when
+    /// set (with a warning at start-up); see `publish_channels` and `max_in_flight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_batches: Option<usize>,
+    /// Unconfirmed messages at the broker at most: the confirm window, refilled as confirms
+    /// arrive, shared by all aggregates (each has at most one event in it).
+    pub max_in_flight: usize,
+    /// Publish calls in flight at once, each on its own confirm channel (RabbitMQ) or its own
+    /// set of `SendMessageBatch` calls (SQS); the window is spread over them.
+    pub publish_channels: usize,
+    /// Events held in memory at most: read ahead of publishing, in flight, and confirmed but
+    /// not yet marked. Bounds the relay's memory on deep backlogs.
+    pub max_pending_in_memory: usize,
+    /// How often rows at or before the read cursor are looked for again (late commits,
+    /// replayed events). Each rescan reads the pending rows before the cursor once, in
+    /// batches; that is about what the relay holds in memory, not the backlog.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
     /// After the last work seen, keep polling every `linger_poll_interval` for this long before
     /// declaring the relay idle (producers only pay for a NOTIFY while the relay is idle).
     #[serde(with = "humantime_serde")]
@@ -139,7 +155,11 @@ impl Default for RelayConfig {
             mode: RelayMode::Notify,
             poll_interval: Duration::from_secs(1),
             batch_size: 500,
-            max_inflight_batches: 4,
+            max_inflight_batches: None,
+            max_in_flight: 5000,
+            publish_channels: 8,
+            max_pending_in_memory: 20_000,
+            rescan_interval: Duration::from_secs(5),
             linger: Duration::from_millis(200),
             linger_poll_interval: Duration::from_millis(5),
             publish_timeout: Duration::from_secs(15),
@@ -337,6 +357,27 @@ impl Default for LogConfig {
     }
 }
 
+impl RelayConfig {
+    /// Publish calls in flight at once: `publish_channels`, or the deprecated
+    /// `max_inflight_batches` when a config still sets it.
+    pub fn channels(&self) -> usize {
+        self.max_inflight_batches.unwrap_or(self.publish_channels)
+    }
+
+    /// Deprecation notices for keys that still load but should be replaced.
+    pub fn deprecations(&self) -> Vec<&'static str> {
+        let mut notes = Vec::new();
+        if self.max_inflight_batches.is_some() {
+            notes.push(
+                "config key `relay.max_inflight_batches` is deprecated: it now sets \
+                 `relay.publish_channels` (publish calls in flight); the confirm window is \
+                 `relay.max_in_flight`",
+            );
+        }
+        notes
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` (if given), then `OUTBOX_RELAY_*` environment variables, and
     /// validates the result.
@@ -376,10 +417,24 @@ impl Config {
                 "must be at most 10000",
             ));
         }
-        positive(
-            self.relay.max_inflight_batches,
-            "relay.max_inflight_batches",
-        )?;
+        if let Some(batches) = self.relay.max_inflight_batches {
+            positive(batches, "relay.max_inflight_batches")?;
+        }
+        positive(self.relay.max_in_flight, "relay.max_in_flight")?;
+        positive(self.relay.publish_channels, "relay.publish_channels")?;
+        if self.relay.publish_channels > 256 {
+            return Err(ConfigError::new(
+                "relay.publish_channels",
+                "must be at most 256",
+            ));
+        }
+        if self.relay.max_pending_in_memory < self.relay.batch_size {
+            return Err(ConfigError::new(
+                "relay.max_pending_in_memory",
+                "must be at least relay.batch_size",
+            ));
+        }
+        nonzero(self.relay.rescan_interval, "relay.rescan_interval")?;
         nonzero(self.relay.poll_interval, "relay.poll_interval")?;
         nonzero(
             self.relay.linger_poll_interval,

@@ -12,6 +12,7 @@
 //! ```
 //!
 //! Modules:
+//! - [`backoff`]: capped exponential backoff with jitter, for retries and reconnect loops.
 //! - [`cli`]: the command line (clap definitions).
 //! - [`commands`]: one function per subcommand, errors mapped to exit codes.
 //! - [`config`]: figment layering (defaults, TOML file, `OUTBOX_RELAY_*` env), validation
@@ -25,6 +26,7 @@
 //!   `/healthz`, `/readyz`, and the rendering of `status` / `dead list`.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod commands;

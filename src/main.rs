@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("outbox-relay: {error}");
+            outbox_relay::telemetry::err(&format!("outbox-relay: {error}\n"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -28,14 +28,16 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("outbox-relay: cannot start the async runtime: {error}");
+            outbox_relay::telemetry::err(&format!(
+                "outbox-relay: cannot start the async runtime: {error}\n"
+            ));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     match runtime.block_on(commands::dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("outbox-relay: {}", error.message);
+            outbox_relay::telemetry::err(&format!("outbox-relay: {}\n", error.message));
             ExitCode::from(error.code)
         }
     }

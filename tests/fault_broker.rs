@@ -158,8 +158,13 @@ async fn confirm_timeout_pauses_like_an_outage() {
 
     // THEN the relay pauses after the timeouts without counting attempts (max_attempts = 1
     // would make any counted attempt fatal)
+    // (calls run concurrently: wait for their reports, not just for them to start)
     eventually("several timed-out calls", || async {
         calls.load(std::sync::atomic::Ordering::SeqCst) >= 3
+            && relay
+                .metrics
+                .render()
+                .contains("outbox_publish_failures_total{reason=\"timeout\"}")
     })
     .await;
     let max_attempts: i32 = client

@@ -89,7 +89,7 @@ impl RabbitMqPublisher {
     }
 
     /// Opens `count` channels (at least 1) per connection: as many publish calls can be in
-    /// flight at once (the relay passes `relay.max_inflight_batches`).
+    /// flight at once (the relay passes `relay.publish_channels`).
     pub fn with_channels(mut self, count: usize) -> Self {
         let count = count.max(1);
         self.channel_count = count;

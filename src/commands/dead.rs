@@ -18,9 +18,9 @@ pub async fn list(
         .await
         .map_err(|e| database_error(&e, &config.database.table))?;
     if as_json {
-        println!("{}", to_json(&events)?);
+        crate::telemetry::out(&format!("{}\n", to_json(&events)?));
     } else {
-        print!("{}", render::dead_text(&events));
+        crate::telemetry::out(&render::dead_text(&events));
     }
     Ok(ExitCode::SUCCESS)
 }

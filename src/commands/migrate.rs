@@ -19,19 +19,18 @@ pub async fn migrate(config: &Config) -> Result<ExitCode, CommandError> {
         config.database.connect_timeout,
     )
     .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
-    let (mut client, _messages) = connector.connect_dedicated().await.map_err(|e| {
-        CommandError::failure(format!(
-            "{e}; check database.url / OUTBOX_RELAY_DATABASE__URL"
-        ))
-    })?;
+    let (mut client, _messages) = connector
+        .connect_dedicated()
+        .await
+        .map_err(|e| super::unreachable(&e))?;
     let applied = migrate::migrate(&mut client, &table)
         .await
         .map_err(|e| CommandError::failure(e.to_string()))?;
     if applied.is_empty() {
-        println!("schema for {table} is up to date");
+        crate::telemetry::out(&format!("schema for {table} is up to date\n"));
     } else {
         for name in applied {
-            println!("applied {name} to {table}");
+            crate::telemetry::out(&format!("applied {name} to {table}\n"));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -57,7 +57,7 @@ pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, Comm
         Command::Run => run(config).await,
         Command::Migrate => migrate(&config).await,
         Command::Config => {
-            print!("{}", config.redacted_toml());
+            crate::telemetry::out(&config.redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, max_age } => status::status(&config, json, max_age).await,
@@ -132,13 +132,18 @@ async fn open_outbox(config: &Config) -> Result<(tokio_postgres::Client, TableNa
         config.database.connect_timeout,
     )
     .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
-    let (client, _messages) = connector.connect_dedicated().await.map_err(|e| {
-        CommandError::failure(format!(
-            "cannot reach the database ({}); check database.url / OUTBOX_RELAY_DATABASE__URL",
-            error_chain(&e)
-        ))
-    })?;
+    let (client, _messages) = connector
+        .connect_dedicated()
+        .await
+        .map_err(|e| unreachable(&e))?;
     Ok((client, table))
+}
+
+/// A failed connection attempt of an operator command (no retries: the operator is there).
+pub(crate) fn unreachable(error: &crate::store::connect::ConnectError) -> CommandError {
+    CommandError::failure(format!(
+        "{error}; check database.url / OUTBOX_RELAY_DATABASE__URL"
+    ))
 }
 
 /// `--json` output, or a one-line error.

@@ -14,9 +14,9 @@ pub async fn purge(config: &Config, older_than: Duration) -> Result<ExitCode, Co
     let deleted = retention::purge(&client, &table, older_than, batch)
         .await
         .map_err(|e| database_error(&e, &config.database.table))?;
-    println!(
-        "purged {deleted} dispatched event(s) older than {}",
+    crate::telemetry::out(&format!(
+        "purged {deleted} dispatched event(s) older than {}\n",
         humantime::format_duration(older_than)
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }

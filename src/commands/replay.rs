@@ -28,12 +28,12 @@ pub async fn replay(config: &Config, selection: ReplaySelection) -> Result<ExitC
     if let ReplaySelection::Ids(ids) = &selection
         && replayed.len() < ids.len()
     {
-        eprintln!(
+        crate::telemetry::err(&format!(
             "outbox-relay: {} of the given IDs are not dead events (unknown, pending or \
-             dispatched); left alone",
+             dispatched); left alone\n",
             ids.len() - replayed.len()
-        );
+        ));
     }
-    println!("replayed {} event(s)", replayed.len());
+    crate::telemetry::out(&format!("replayed {} event(s)\n", replayed.len()));
     Ok(ExitCode::SUCCESS)
 }

@@ -15,11 +15,14 @@ use crate::{
 
 /// Runs the relay daemon.
 pub async fn run(config: Config) -> Result<ExitCode, CommandError> {
+    for note in config.relay.deprecations() {
+        tracing::warn!("{note}");
+    }
     let broker = match config.broker.kind {
         BrokerKind::Rabbitmq => Broker::RabbitMq(
             RabbitMqPublisher::new(&config.broker.rabbitmq, config.relay.publish_timeout)
                 .map_err(|e| CommandError::usage(format!("config key `broker.rabbitmq`: {e}")))?
-                .with_channels(config.relay.max_inflight_batches),
+                .with_channels(config.relay.channels()),
         ),
         BrokerKind::Sqs => Broker::Sqs(
             SqsPublisher::new(&config.broker.sqs, config.relay.publish_timeout)
@@ -32,9 +35,8 @@ pub async fn run(config: Config) -> Result<ExitCode, CommandError> {
     // database is not fatal: the pipeline reconnects with backoff and /readyz says 503.
     match relay.store().check_schema().await {
         Ok(()) => {}
-        Err(e) if e.is_connection() => {
-            tracing::warn!(error = %e, "database unreachable at start-up; will keep retrying");
-        }
+        // Reported (and logged once) by the health state; the relay keeps retrying.
+        Err(e) if e.is_connection() => relay.health().set_database_up(false, &e.to_string()),
         Err(e) => return Err(database_error(&e, &config.database.table)),
     }
 
@@ -57,8 +59,9 @@ pub async fn run(config: Config) -> Result<ExitCode, CommandError> {
     let signals = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested; draining");
+        // Cancel first: nothing (not even a log line) may stand between a signal and the drain.
         signals.cancel();
+        tracing::info!("shutdown requested; draining");
     });
 
     relay

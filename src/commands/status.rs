@@ -17,18 +17,18 @@ pub async fn status(
         .await
         .map_err(|e| database_error(&e, &config.database.table))?;
     if as_json {
-        println!("{}", to_json(&status)?);
+        crate::telemetry::out(&format!("{}\n", to_json(&status)?));
     } else {
-        print!("{}", render::status_text(&status));
+        crate::telemetry::out(&render::status_text(&status));
     }
     if let (Some(max), Some(oldest)) = (max_age, status.backlog.oldest_pending_age_seconds)
         && oldest > max.as_secs_f64()
     {
-        eprintln!(
-            "outbox-relay: oldest pending event is {} old, more than --max-age {}",
+        crate::telemetry::err(&format!(
+            "outbox-relay: oldest pending event is {} old, more than --max-age {}\n",
             render::age(Some(oldest)),
             humantime::format_duration(max)
-        );
+        ));
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -14,6 +14,8 @@ use super::metrics::Metrics;
 /// Connection and progress state of one relay.
 pub struct Health {
     database_up: AtomicBool,
+    /// A database state was reported at least once (the first "down" is logged too).
+    database_known: AtomicBool,
     broker_up: AtomicBool,
     /// Milliseconds since `epoch` of the last sign of progress (a settled batch or an empty
     /// claim): the liveness probe fails when this is old while work is waiting.
@@ -23,6 +25,14 @@ pub struct Health {
     epoch: Instant,
     wedged_after: Duration,
     metrics: Arc<Metrics>,
+    /// Why the database and the broker are down (empty while up), for `/readyz`.
+    causes: Mutex<Causes>,
+}
+
+#[derive(Default)]
+struct Causes {
+    database: String,
+    broker: String,
 }
 
 impl Health {
@@ -30,20 +40,46 @@ impl Health {
     pub fn new(metrics: Arc<Metrics>, wedged_after: Duration) -> Self {
         Self {
             database_up: AtomicBool::new(false),
+            database_known: AtomicBool::new(false),
             broker_up: AtomicBool::new(false),
             last_progress_ms: AtomicU64::new(0),
             oldest_eligible_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             wedged_after,
             metrics,
+            causes: Mutex::new(Causes {
+                database: "not connected yet".into(),
+                broker: "not connected yet".into(),
+            }),
         }
+    }
+
+    fn causes(&self) -> std::sync::MutexGuard<'_, Causes> {
+        self.causes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Why the relay is not ready, in an operator's words (`None` when ready).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let causes = self.causes();
+        let mut reasons = Vec::new();
+        if !self.database_up.load(Ordering::SeqCst) {
+            reasons.push(format!("database unavailable: {}", causes.database));
+        }
+        if !self.broker_up.load(Ordering::SeqCst) {
+            reasons.push(format!("broker unavailable: {}", causes.broker));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Records the database state; logs only on change.
     pub fn set_database_up(&self, up: bool, detail: &str) {
         self.metrics.database_up.set(i64::from(up));
+        self.causes().database = detail.to_owned();
         let was = self.database_up.swap(up, Ordering::SeqCst);
-        if was != up {
+        let known = self.database_known.swap(true, Ordering::SeqCst);
+        if was != up || !known {
             if up {
                 tracing::info!("database reachable");
             } else {
@@ -58,6 +94,7 @@ impl Health {
     /// Records the broker state; logs only on change.
     pub fn set_broker_up(&self, up: bool, detail: &str) {
         self.metrics.broker_up.set(i64::from(up));
+        self.causes().broker = detail.to_owned();
         let was = self.broker_up.swap(up, Ordering::SeqCst);
         if was != up {
             if up {

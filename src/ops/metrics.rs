@@ -28,6 +28,15 @@ pub struct AggregateTypeLabel {
     pub aggregate_type: String,
 }
 
+/// `target` and `outcome` labels of connection attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabel {
+    /// `database` or `broker`.
+    pub target: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the relay exports.
 pub struct Metrics {
     /// The registry rendered at `/metrics`.
@@ -62,6 +71,10 @@ pub struct Metrics {
     pub owned_buckets: Gauge,
     /// `outbox_relays`: live relays on this table, as seen by this one.
     pub relays: Gauge,
+    /// `outbox_connection_attempts_total{target, outcome}`: every connection attempt to the
+    /// database or the broker (all four series exported from start-up, so a storm shows as a
+    /// rate and alerts need no "absent" special case).
+    pub connection_attempts: Family<AttemptLabel, Counter>,
 }
 
 impl Metrics {
@@ -160,8 +173,20 @@ impl Metrics {
             "Live relays on this table, as counted by this replica",
             relays.clone(),
         );
+        let connection_attempts = Family::<AttemptLabel, Counter>::default();
+        for target in ["database", "broker"] {
+            for outcome in ["ok", "error"] {
+                let _ = connection_attempts.get_or_create(&AttemptLabel { target, outcome });
+            }
+        }
+        registry.register(
+            "outbox_connection_attempts",
+            "Connection attempts to the database and the broker, by outcome",
+            connection_attempts.clone(),
+        );
         Self {
             registry,
+            connection_attempts,
             owned_buckets,
             relays,
             published,
@@ -178,6 +203,15 @@ impl Metrics {
             oldest_pending_age,
             oldest_eligible_age,
         }
+    }
+
+    /// The counter of connection attempts to `target` (`database` or `broker`) with
+    /// `outcome` (`ok` or `error`).
+    pub fn attempts(&self, target: &'static str, ok: bool) -> Counter {
+        let outcome = if ok { "ok" } else { "error" };
+        self.connection_attempts
+            .get_or_create(&AttemptLabel { target, outcome })
+            .clone()
     }
 
     /// The text exposition format.

@@ -61,12 +61,11 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match state.health.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: database or broker unavailable\n",
-        )
+            format!("not ready: {reason}\n"),
+        ),
     }
 }

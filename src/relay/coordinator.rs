@@ -28,7 +28,7 @@ use tokio::sync::{mpsc::UnboundedReceiver, watch};
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::policy::ReconnectBackoff;
+use crate::backoff::ReconnectBackoff;
 use crate::ops::{health::Health, metrics::Metrics};
 use crate::store::{
     TableName,
@@ -190,6 +190,16 @@ pub enum CoordinationError {
     Closed,
 }
 
+impl CoordinationError {
+    /// Failed to connect at all (the health state reports that, with its cause).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            CoordinationError::Connect(_) | CoordinationError::Timeout
+        )
+    }
+}
+
 struct Session {
     client: Client,
     /// Ends when the connection closes: the locks are gone from that moment.
@@ -224,13 +234,25 @@ pub async fn run(
 ) {
     let Reports { metrics, health } = reports;
     let mut backoff = ReconnectBackoff::new();
+    // Warn on the first failure after a success; repeats are debug.
+    let mut failing = false;
     while !shutdown.is_cancelled() {
-        let opened = tokio::time::timeout(config.lease_timeout, open(&connector, &table, &config))
-            .await
-            .unwrap_or(Err(CoordinationError::Timeout));
+        // Wait for the connection gate's turn first: the lease timeout bounds the attempt,
+        // not the backoff of a database that refuses connections.
+        tokio::select! {
+            _ = connector.gate().turn() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(config.lease_timeout, open(&connector, &table, &config)) => {
+                opened.unwrap_or(Err(CoordinationError::Timeout))
+            }
+            _ = shutdown.cancelled() => return,
+        };
         match opened {
             Ok(mut session) => {
                 backoff.reset();
+                failing = false;
                 health.set_database_up(true, "");
                 let error = serve(
                     &mut session,
@@ -254,8 +276,26 @@ pub async fn run(
             }
             Err(error) => {
                 revoke(&ownership, &metrics, config.buckets);
-                health.set_database_up(false, &error.to_string());
-                tracing::warn!(%error, "cannot open the coordination connection; retrying");
+                // A timeout spent queueing at the connection gate is not the cause: the
+                // gate's last failure is.
+                let cause = match (&error, connector.gate().last_error()) {
+                    (CoordinationError::Timeout, Some(cause)) => {
+                        format!("cannot connect to Postgres: {cause}")
+                    }
+                    _ => error.to_string(),
+                };
+                health.set_database_up(false, &cause);
+                if failing {
+                    tracing::debug!(%error, "cannot open the coordination connection; retrying");
+                } else {
+                    failing = true;
+                    // Warn only about what the health state does not already say.
+                    if error.is_connect() {
+                        tracing::debug!(%error, "cannot open the coordination connection; retrying");
+                    } else {
+                        tracing::warn!(%error, "cannot open the coordination connection; retrying");
+                    }
+                }
             }
         }
         tokio::select! {

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod coordinator;
 pub mod pipeline;
 pub mod policy;
+pub mod scheduler;
 pub mod wakeup;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::{
     store::{
         DispatchMode, Store, StoreError, TableName,
         connect::{ConnectError, Connector},
+        gate::AttemptCounters,
     },
 };
 use batch::BatchContext;
@@ -66,12 +68,17 @@ impl<P: Publisher> Relay<P> {
         } else {
             DispatchMode::Mark
         };
+        let gate = connector.gate().clone();
         let metrics = Arc::new(Metrics::new());
+        connector.gate().count_into(AttemptCounters {
+            ok: metrics.attempts("database", true),
+            error: metrics.attempts("database", false),
+        });
         let health = Arc::new(Health::new(metrics.clone(), config.metrics.wedged_after));
         Ok(Self {
             config: config.clone(),
             connector,
-            store: Store::new(pool, table, dispatch),
+            store: Store::new(pool, table, dispatch).with_gate(gate),
             publisher: Arc::new(publisher),
             metrics,
             health,

@@ -1,38 +1,55 @@
-//! The pipeline loop: claim -> publish -> settle, with up to `relay.max_inflight_batches`
-//! batches in flight (the next batch is claimed while the broker confirms the last), the
-//! broker circuit breaker, database reconnects, the idle/wake-up protocol, and the drain on
-//! shutdown.
+//! The pipeline loop: read the backlog in `seq` order, order per aggregate in memory, publish
+//! through one continuous confirm window, save outcomes in batched statements; plus the broker
+//! circuit breaker, database backoff, the idle/wake-up protocol and the drain on shutdown.
 //!
-//! The claim cursor: while batches are in flight, claims only look after the highest `seq`
-//! claimed, and every pending row at or before it blocks its aggregate. Rows at or before the
-//! cursor that are not in flight (committed after a later `seq` was claimed, retries that
-//! came due, replayed events, buckets just acquired) are found by a full scan, which needs an
-//! empty pipeline: it happens whenever the pipeline runs dry, and otherwise at least every
-//! `relay.poll_interval` and right after new buckets were acquired (claiming pauses until the
-//! batches in flight are settled).
+//! **Reads.** One read at a time, an index-ordered walk after a cursor
+//! ([`crate::store::Store::read_pending`]): O(batch) per read whatever the backlog size, up to
+//! `relay.max_pending_in_memory` events held. Events whose aggregate already has one in flight
+//! wait in the [`Scheduler`]; pending rows that are not yet due are read too and park their
+//! aggregate, so after a restart or a takeover nothing overtakes an event waiting out a backoff.
+//!
+//! **Why no committed row is skipped.** The cursor only passes rows the read returned, but a
+//! row can commit after a read passed its `seq` (a transaction that took its `seq` earlier and
+//! committed later), and a replayed or taken-over row can lie behind it. So: (1) whenever the
+//! relay holds nothing, the cursor goes back to 0 and the next read looks at every pending row;
+//! (2) while it holds events, a *rescan* walks the rows before the cursor again every
+//! `relay.rescan_interval`, in batches, adding what it does not hold. Its cost is the pending
+//! rows before the cursor, which are about the events held in memory, not the backlog. A
+//! late row of an aggregate cannot break that aggregate's order: producers serialize writes
+//! per aggregate (README), so its later events commit after it.
+//!
+//! **Takeover.** Buckets just acquired are held back until a rescan has read every row of
+//! theirs before the cursor, so their earlier events go first.
+//!
+//! **Window.** Up to `relay.max_in_flight` events are at the broker at once, in up to
+//! `relay.publish_channels` publish calls (each on its own confirm channel, so returns are
+//! attributed exactly); a call is started the moment a slot frees, with whatever is ready.
+//! An aggregate's next event is ready as soon as its predecessor's call reports.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{
-    batch::{self, BatchContext, BatchReport},
-    coordinator::{InFlight, Ownership},
-    policy::ReconnectBackoff,
+    batch::{self, BatchContext, CallReport, Fate, Outcomes},
+    coordinator::{Claim, InFlight, Ownership},
+    scheduler::Scheduler,
     wakeup::Wakeup,
 };
 use crate::{
+    backoff::ReconnectBackoff,
     broker::{PublishError, Publisher},
     config::{RelayConfig, RelayMode},
-    store::StoreError,
+    store::{Failure, OutboxEvent, StoreError},
 };
 
-/// Which buckets this replica may claim, kept current by the coordinator.
+/// Which buckets this replica may publish, kept current by the coordinator.
 pub type Buckets = tokio::sync::watch::Receiver<Ownership>;
 
 /// Where the loop is in the idle protocol (notify mode only).
@@ -42,28 +59,67 @@ enum Idle {
     Awake,
     /// Announced sleep; producers that may have missed it are not yet known to be done.
     Announced,
-    /// Announced and verified: every later commit either notifies or was seen by a claim.
+    /// Announced and verified: every later commit either notifies or was seen by a read.
     Asleep,
 }
 
-/// The claim loop. Owns the claim cursor and the in-flight batch tasks.
+/// Which read is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// After the cursor.
+    Main,
+    /// Before the cursor (a rescan).
+    Rescan,
+}
+
+/// A rescan in progress: rows with `seq` in `(position, until]` are still to be read again.
+#[derive(Debug, Clone, Copy)]
+struct Rescan {
+    position: i64,
+    until: i64,
+    /// Held-back buckets may go once it is done.
+    releases: bool,
+}
+
+type ReadResult = Result<Vec<(OutboxEvent, Duration)>, StoreError>;
+
+/// What a publish call carries, kept to recover if its task fails.
+struct CallContents(Vec<(Uuid, String, i32)>);
+
+/// The relay's main loop. Owns the cursor, the schedule and the tasks.
 pub struct Pipeline<P: Publisher> {
     ctx: Arc<BatchContext<P>>,
     config: RelayConfig,
     wakeup: Wakeup,
     buckets: Buckets,
-    /// In-flight events per bucket, shared with the coordinator.
+    /// Events held per bucket, shared with the coordinator (no hand-over while held).
     in_flight: InFlight,
-    /// Highest `seq` claimed since the in-flight set was last empty: later claims only look
-    /// after it, and anything pending at or before it blocks its aggregate (0 = full scan).
+    schedule: Scheduler,
+    /// Highest `seq` read since the relay last held nothing.
     cursor: i64,
-    /// When the cursor was last reset (a full scan), and the buckets owned then.
-    last_full_scan: Instant,
-    scanned: Vec<i32>,
-    tasks: JoinSet<BatchReport>,
-    /// The buckets of each running batch task's events, released from `in_flight` when the
-    /// task ends (also if it panicked).
-    task_buckets: HashMap<Id, Vec<i32>>,
+    /// The last read after the cursor came back short: the backlog is read to its end.
+    caught_up: bool,
+    /// A wake-up or a poll asks for a read even though caught up.
+    read_due: bool,
+    last_read: Instant,
+    /// No read before this (the database failed; backoff).
+    read_blocked_until: Instant,
+    rescan: Option<Rescan>,
+    last_rescan: Instant,
+    /// Buckets of the last ownership seen.
+    owned: Vec<i32>,
+    /// The running read and its registration with the coordinator.
+    reading: Option<(ReadKind, Claim)>,
+    reads: JoinSet<ReadResult>,
+    /// Events whose outcome was saved (and left memory) while a read ran: that read may still
+    /// return them as pending.
+    saved_during_read: HashSet<Uuid>,
+    calls: JoinSet<CallReport>,
+    call_contents: HashMap<Id, CallContents>,
+    to_save: Outcomes,
+    /// Dead events whose state is being saved, with their aggregate (busy until then).
+    dying: HashMap<Uuid, String>,
+    settles: JoinSet<(Outcomes, bool)>,
     idle: Idle,
     last_work: Instant,
     db_backoff: ReconnectBackoff,
@@ -78,27 +134,39 @@ impl<P: Publisher> Pipeline<P> {
         buckets: Buckets,
         in_flight: InFlight,
     ) -> Self {
+        let now = Instant::now();
         Self {
             ctx,
             config,
             wakeup,
             buckets,
             in_flight,
+            schedule: Scheduler::new(),
             cursor: 0,
-            last_full_scan: Instant::now(),
-            scanned: Vec::new(),
-            tasks: JoinSet::new(),
-            task_buckets: HashMap::new(),
+            caught_up: false,
+            read_due: true,
+            last_read: now,
+            read_blocked_until: now,
+            rescan: None,
+            last_rescan: now,
+            owned: Vec::new(),
+            reading: None,
+            reads: JoinSet::new(),
+            saved_during_read: HashSet::new(),
+            calls: JoinSet::new(),
+            call_contents: HashMap::new(),
+            to_save: Outcomes::default(),
+            dying: HashMap::new(),
+            settles: JoinSet::new(),
             idle: Idle::Awake,
-            last_work: Instant::now(),
+            last_work: now,
             db_backoff: ReconnectBackoff::new(),
         }
     }
 
-    /// Runs until `shutdown` is cancelled, then drains in-flight batches (bounded by the
-    /// [`ShutdownBudget`] of `relay.shutdown_timeout`; the abandon token is cancelled when it
-    /// passes). Every wait on the database or the broker also ends on shutdown, so a server
-    /// that stopped answering cannot hold the drain up.
+    /// Runs until `shutdown` is cancelled, then drains (bounded by the [`ShutdownBudget`] of
+    /// `relay.shutdown_timeout`; the abandon token is cancelled when it passes). Every wait on
+    /// the database or the broker also ends on shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.connect_broker(&shutdown).await;
         while !shutdown.is_cancelled() {
@@ -109,142 +177,529 @@ impl<P: Publisher> Pipeline<P> {
                     .set_broker_up(false, "the broker connection was closed");
             }
             if !self.ctx.health.broker_up() {
-                self.wait_for_tasks(&shutdown).await;
+                if !self.calls.is_empty() {
+                    self.wait_once(&shutdown, None).await;
+                    continue;
+                }
                 self.connect_broker(&shutdown).await;
                 continue;
             }
-            let filled = tokio::select! {
-                filled = self.fill() => filled,
-                _ = shutdown.cancelled() => break,
-            };
-            let claimed = match filled {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    self.database_trouble(&error, &shutdown).await;
-                    continue;
-                }
-            };
-            if claimed > 0 || !self.tasks.is_empty() {
-                if claimed > 0 {
-                    self.last_work = Instant::now();
-                    if self.idle != Idle::Awake {
-                        tokio::select! {
-                            _ = self.set_awake() => {}
-                            _ = shutdown.cancelled() => break,
-                        }
-                    }
-                }
-                if self.tasks.is_empty() {
-                    continue;
-                }
+            let now = Instant::now();
+            self.sync_ownership(now);
+            self.schedule.wake_due(now);
+            self.launch(now);
+            self.flush();
+            self.reset_when_empty();
+            self.start_rescan_when_due(now);
+            if let Some(kind) = self.wanted_read(now) {
+                self.start_read(kind);
+            }
+            if self.idle != Idle::Awake && self.schedule.held() > 0 {
+                // Found work: producers may stop notifying.
                 tokio::select! {
-                    Some(joined) = self.tasks.join_next_with_id() => self.finished(joined),
-                    _ = self.wakeup.notified() => {}
-                    _ = self.buckets.changed() => {}
-                    _ = shutdown.cancelled() => {}
+                    _ = self.wake_up() => {}
+                    _ = shutdown.cancelled() => break,
                 }
+            }
+            if self.is_idle() {
+                self.ctx.health.progress();
+                tokio::select! {
+                    _ = self.idle_wait(&shutdown) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                self.read_due = true;
                 continue;
             }
-            self.ctx.health.progress();
-            tokio::select! {
-                _ = self.idle_wait(&shutdown) => {}
-                _ = shutdown.cancelled() => break,
-            }
+            let timer = self.next_timer();
+            self.wait_once(&shutdown, timer).await;
         }
         self.drain().await;
     }
 
-    /// Claims batches until the in-flight limit is reached or nothing is eligible; returns the
-    /// number of events claimed.
-    async fn fill(&mut self) -> Result<usize, StoreError> {
-        let mut claimed = 0;
-        while self.tasks.len() < self.config.max_inflight_batches {
-            // Registers the claim with the coordinator, which does not hand a bucket over
-            // while a claim over it runs or its events are in flight.
-            let (ownership, claim) = self.in_flight.begin_claim(&mut self.buckets);
-            if !ownership.usable() {
-                // No buckets (yet), or the lease expired: claim nothing.
-                break;
-            }
-            if self.tasks.is_empty() {
-                // Nothing in flight: look at every pending row again.
-                self.cursor = 0;
-                self.last_full_scan = Instant::now();
-                self.scanned.clone_from(&ownership.buckets);
-            } else if self.full_scan_due(&ownership.buckets) {
-                // Let the batches in flight settle, then claim with the cursor reset.
-                break;
-            }
-            let batch = self
-                .ctx
-                .store
-                .claim(
-                    self.cursor,
-                    self.config.batch_size,
-                    Some((ownership.buckets.as_slice(), ownership.count)),
-                )
-                .await?;
-            claim.claimed(batch.iter().map(|e| e.bucket));
-            self.ctx.health.set_database_up(true, "");
-            self.db_backoff.reset();
-            if batch.is_empty() {
-                break;
-            }
-            let full = batch.len() == self.config.batch_size;
-            claimed += batch.len();
-            if let Some(last) = batch.last() {
-                self.cursor = self.cursor.max(last.seq);
-            }
-            let buckets: Vec<i32> = batch.iter().map(|e| e.bucket).collect();
-            let ctx = self.ctx.clone();
-            let task = self.tasks.spawn(batch::process(ctx, batch));
-            self.task_buckets.insert(task.id(), buckets);
-            if !full {
-                break;
-            }
-        }
-        Ok(claimed)
+    /// Nothing held, nothing running, and the last read found the backlog's end.
+    fn is_idle(&self) -> bool {
+        self.schedule.held() == 0
+            && self.calls.is_empty()
+            && self.settles.is_empty()
+            && self.reading.is_none()
+            && self.to_save.is_empty()
+            && self.caught_up
+            && !self.read_due
     }
 
-    /// Rows at or before the cursor that are not in flight wait for a full scan: due after
-    /// `relay.poll_interval`, or at once when buckets were acquired since the last one.
-    fn full_scan_due(&self, owned: &[i32]) -> bool {
-        self.last_full_scan.elapsed() >= self.config.poll_interval
-            || owned.iter().any(|b| self.scanned.binary_search(b).is_err())
-    }
-
-    fn finished(&mut self, joined: Result<(Id, BatchReport), tokio::task::JoinError>) {
-        let id = match &joined {
-            Ok((id, _)) => *id,
-            Err(error) => error.id(),
+    /// Waits for one thing to happen (a task reports, a timer, a wake-up, shutdown).
+    async fn wait_once(&mut self, shutdown: &CancellationToken, timer: Option<Instant>) {
+        let sleep = async {
+            match timer {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
         };
-        if let Some(buckets) = self.task_buckets.remove(&id) {
-            self.in_flight.settled(&buckets);
+        tokio::select! {
+            Some(joined) = self.calls.join_next_with_id() => self.call_done(joined),
+            Some(joined) = self.settles.join_next() => self.settle_done(joined),
+            Some(joined) = self.reads.join_next() => self.read_done(joined),
+            _ = sleep => {}
+            _ = self.wakeup.notified() => self.read_due = true,
+            _ = self.buckets.changed() => {}
+            _ = shutdown.cancelled() => {}
         }
-        match joined {
-            Ok((_, report)) => {
-                if let Some(error) = report.broker_down {
-                    self.ctx.health.set_broker_up(false, &error.to_string());
+    }
+
+    /// The earliest of: a parked aggregate comes due, the next poll while caught up, the end
+    /// of a database backoff, the next rescan.
+    fn next_timer(&self) -> Option<Instant> {
+        let mut at = self.schedule.next_due();
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if self.caught_up && !self.read_due {
+            consider(self.last_read + self.config.linger_poll_interval);
+        }
+        if self.read_blocked_until > Instant::now() {
+            consider(self.read_blocked_until);
+        }
+        if self.cursor > 0 && self.rescan.is_none() {
+            consider(self.last_rescan + self.config.rescan_interval);
+        }
+        at
+    }
+
+    fn owns(&self, bucket: i32) -> bool {
+        self.owned.binary_search(&bucket).is_ok()
+    }
+
+    /// Applies a change of bucket ownership: drops what is queued for lost buckets, holds
+    /// back acquired ones until a rescan has read their earlier rows.
+    fn sync_ownership(&mut self, now: Instant) {
+        let current = self.buckets.borrow().buckets.clone();
+        if current == self.owned {
+            return;
+        }
+        let gained: Vec<i32> = current
+            .iter()
+            .copied()
+            .filter(|b| self.owned.binary_search(b).is_err())
+            .collect();
+        self.owned = current;
+        let owned = self.owned.clone();
+        let dropped = self
+            .schedule
+            .drop_unowned(|b| owned.binary_search(&b).is_ok());
+        self.in_flight.settled(&dropped);
+        if !gained.is_empty() && self.cursor > 0 {
+            self.schedule.hold_back(gained);
+            self.rescan = Some(Rescan {
+                position: 0,
+                until: self.cursor,
+                releases: true,
+            });
+            self.last_rescan = now;
+        }
+    }
+
+    /// Starts publish calls while slots and window allow and events are ready.
+    fn launch(&mut self, now: Instant) {
+        if self.ctx.shutdown.is_cancelled() || !self.buckets.borrow().leased() {
+            return;
+        }
+        let channels = self.config.channels();
+        let window = self.config.max_in_flight;
+        let per_call = window.div_ceil(channels).clamp(1, self.config.batch_size);
+        while self.calls.len() < channels && self.schedule.in_flight() < window {
+            let ready = self.schedule.ready_len();
+            if ready == 0 {
+                break;
+            }
+            let free = channels - self.calls.len();
+            let n = per_call
+                .min(window - self.schedule.in_flight())
+                .min(ready.div_ceil(free));
+            let mut events = Vec::with_capacity(n);
+            while events.len() < n {
+                let owned = &self.owned;
+                match self.schedule.next(now, |b| owned.binary_search(&b).is_ok()) {
+                    Some(event) => events.push(event),
+                    None => break,
                 }
             }
+            if events.is_empty() {
+                break;
+            }
+            let contents = CallContents(
+                events
+                    .iter()
+                    .map(|e| (e.id, e.aggregate_id.clone(), e.bucket))
+                    .collect(),
+            );
+            let handle = self
+                .calls
+                .spawn(batch::publish_call(self.ctx.clone(), events));
+            self.call_contents.insert(handle.id(), contents);
+        }
+    }
+
+    fn call_done(&mut self, joined: Result<(Id, CallReport), tokio::task::JoinError>) {
+        let now = Instant::now();
+        let report = match joined {
+            Ok((id, report)) => {
+                self.call_contents.remove(&id);
+                report
+            }
             Err(error) => {
-                // A panicked batch task: its events stay pending, block their aggregates
-                // (they lie before the cursor) and are claimed again by the next full scan.
-                tracing::error!(%error, "batch task failed");
+                // A panicked call: its events stay pending in the table and leave memory; the
+                // next rescan (or the next full read) finds them again.
+                tracing::error!(%error, "publish call failed");
+                if let Some(CallContents(events)) = self.call_contents.remove(&error.id()) {
+                    for (id, aggregate, _) in events {
+                        self.schedule.abandon(&aggregate, now);
+                        let buckets = self.schedule.forget(&[id]);
+                        self.in_flight.settled(&buckets);
+                    }
+                }
+                return;
+            }
+        };
+        for (event, fate) in report.events {
+            let owned = self.owns(event.bucket);
+            match fate {
+                Fate::Confirmed => {
+                    self.schedule.confirmed(&event, now);
+                    self.to_save.confirmed.push(event.id);
+                    self.to_save.forget.push(event.id);
+                }
+                Fate::Dead(error) => {
+                    // The aggregate stays busy until the dead state is saved.
+                    self.dying.insert(event.id, event.aggregate_id.clone());
+                    self.to_save.failures.push(Failure {
+                        id: event.id,
+                        error,
+                        retry_in: Duration::ZERO,
+                        dead: true,
+                    });
+                    self.to_save.forget.push(event.id);
+                }
+                Fate::Retry(delay, error) => {
+                    self.to_save.failures.push(Failure {
+                        id: event.id,
+                        error,
+                        retry_in: delay,
+                        dead: false,
+                    });
+                    if owned {
+                        self.schedule.retry(event, delay, now);
+                    } else {
+                        self.schedule.abandon(&event.aggregate_id, now);
+                        self.to_save.forget.push(event.id);
+                    }
+                }
+                Fate::Unpublished => {
+                    if owned {
+                        self.schedule.unpublished(event, now);
+                    } else {
+                        self.schedule.abandon(&event.aggregate_id, now);
+                        let buckets = self.schedule.forget(&[event.id]);
+                        self.in_flight.settled(&buckets);
+                    }
+                }
+            }
+        }
+        if let Some(error) = report.broker_down {
+            self.ctx.health.set_broker_up(false, &error.to_string());
+        }
+    }
+
+    /// Saves what is waiting, in one batched settle (at most two run at once).
+    fn flush(&mut self) {
+        if self.to_save.is_empty() || self.settles.len() >= 2 {
+            return;
+        }
+        let outcomes = std::mem::take(&mut self.to_save);
+        self.settles
+            .spawn(batch::settle(self.ctx.clone(), outcomes));
+    }
+
+    fn settle_done(&mut self, joined: Result<(Outcomes, bool), tokio::task::JoinError>) {
+        match joined {
+            Ok((outcomes, _saved)) => {
+                let now = Instant::now();
+                for failure in outcomes.failures.iter().filter(|f| f.dead) {
+                    if let Some(aggregate) = self.dying.remove(&failure.id) {
+                        self.schedule.dead(&aggregate, now);
+                    }
+                }
+                if self.reading.is_some() {
+                    self.saved_during_read
+                        .extend(outcomes.forget.iter().copied());
+                }
+                let buckets = self.schedule.forget(&outcomes.forget);
+                self.in_flight.settled(&buckets);
+            }
+            Err(error) => {
+                // Its events stay in memory as held; they are pending in the table and are
+                // published again after a restart.
+                tracing::error!(%error, "settle task failed");
             }
         }
     }
 
-    /// Waits for the batches in flight (until shutdown: then the drain takes over).
-    async fn wait_for_tasks(&mut self, shutdown: &CancellationToken) {
-        loop {
-            tokio::select! {
-                joined = self.tasks.join_next_with_id() => match joined {
-                    Some(joined) => self.finished(joined),
-                    None => return,
-                },
-                _ = shutdown.cancelled() => return,
+    /// Holding nothing: the next read starts from the beginning (it sees every pending row,
+    /// late commits and replays included), and no bucket needs holding back.
+    fn reset_when_empty(&mut self) {
+        if self.schedule.held() == 0 && self.reading.is_none() && self.cursor != 0 {
+            self.cursor = 0;
+            self.caught_up = false;
+            self.rescan = None;
+            self.schedule.release_buckets(Instant::now());
+        }
+    }
+
+    fn start_rescan_when_due(&mut self, now: Instant) {
+        if self.rescan.is_none()
+            && self.cursor > 0
+            && now.duration_since(self.last_rescan) >= self.config.rescan_interval
+        {
+            self.rescan = Some(Rescan {
+                position: 0,
+                until: self.cursor,
+                releases: false,
+            });
+            self.last_rescan = now;
+        }
+    }
+
+    fn wanted_read(&self, now: Instant) -> Option<ReadKind> {
+        if self.reading.is_some()
+            || self.ctx.shutdown.is_cancelled()
+            || now < self.read_blocked_until
+            || !self.buckets.borrow().usable()
+        {
+            return None;
+        }
+        let room =
+            self.schedule.held() + self.config.batch_size <= self.config.max_pending_in_memory;
+        let main = room && (!self.caught_up || self.read_due);
+        match (main, self.rescan.is_some()) {
+            // Alternate while both want to read.
+            (true, true) if self.caught_up => Some(ReadKind::Rescan),
+            (true, _) => Some(ReadKind::Main),
+            (false, true) => Some(ReadKind::Rescan),
+            (false, false) => None,
+        }
+    }
+
+    fn start_read(&mut self, kind: ReadKind) {
+        let (ownership, claim) = self.in_flight.begin_claim(&mut self.buckets);
+        if !ownership.usable() {
+            return;
+        }
+        let after = match (kind, self.rescan) {
+            (ReadKind::Rescan, Some(rescan)) => rescan.position,
+            _ => self.cursor,
+        };
+        if kind == ReadKind::Main {
+            self.read_due = false;
+            self.last_read = Instant::now();
+        }
+        let store = self.ctx.store.clone();
+        let limit = self.config.batch_size;
+        self.reads.spawn(async move {
+            store
+                .read_pending(after, limit, Some((&ownership.buckets, ownership.count)))
+                .await
+        });
+        self.reading = Some((kind, claim));
+    }
+
+    fn read_done(&mut self, joined: Result<ReadResult, tokio::task::JoinError>) {
+        let Some((kind, claim)) = self.reading.take() else {
+            return;
+        };
+        let saved = std::mem::take(&mut self.saved_during_read);
+        let rows = match joined {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => {
+                drop(claim);
+                self.database_trouble(&error);
+                return;
             }
+            Err(error) => {
+                drop(claim);
+                tracing::error!(%error, "read task failed");
+                self.read_blocked_until = Instant::now() + self.db_backoff.next_delay();
+                return;
+            }
+        };
+        self.ctx.health.set_database_up(true, "");
+        self.db_backoff.reset();
+        let now = Instant::now();
+        let limit = self.config.batch_size;
+        let full = rows.len() == limit;
+        let last = rows.last().map(|(e, _)| e.seq);
+        let until = self.rescan.map_or(i64::MAX, |r| r.until);
+        let mut added = Vec::new();
+        for (event, due_in) in rows {
+            if kind == ReadKind::Rescan && event.seq > until {
+                break; // the main read's part
+            }
+            if saved.contains(&event.id) || !self.owns(event.bucket) {
+                continue;
+            }
+            let bucket = event.bucket;
+            if self.schedule.knows(&event.id) {
+                self.schedule
+                    .update_due(&event.aggregate_id, event.id, due_in, now);
+            } else if self.schedule.add(event, due_in, now) {
+                added.push(bucket);
+            }
+        }
+        claim.claimed(added.iter().copied());
+        match kind {
+            ReadKind::Main => {
+                if let Some(last) = last {
+                    self.cursor = self.cursor.max(last);
+                }
+                self.caught_up = !full;
+                if !added.is_empty() {
+                    self.last_work = now;
+                }
+            }
+            ReadKind::Rescan => {
+                if !added.is_empty() {
+                    tracing::debug!(found = added.len(), "rescan found rows behind the cursor");
+                }
+                if let Some(rescan) = self.rescan.as_mut() {
+                    match last {
+                        Some(last) if full && last < rescan.until => rescan.position = last,
+                        _ => {
+                            if rescan.releases {
+                                self.schedule.release_buckets(now);
+                            }
+                            self.rescan = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn database_trouble(&mut self, error: &StoreError) {
+        if error.is_connection() {
+            self.ctx.health.set_database_up(false, &error.to_string());
+        } else {
+            tracing::error!(%error, "database statement failed");
+        }
+        self.read_blocked_until = Instant::now() + self.db_backoff.next_delay();
+    }
+
+    /// Waits until the database backoff has passed (or shutdown).
+    async fn wait_out_backoff(&self, shutdown: &CancellationToken) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.read_blocked_until.into()) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    /// Nothing held and nothing running: linger, announce sleep, or sleep.
+    async fn idle_wait(&mut self, shutdown: &CancellationToken) {
+        if Instant::now() < self.read_blocked_until {
+            return self.wait_out_backoff(shutdown).await;
+        }
+        let wait = match (self.config.mode, self.idle) {
+            (RelayMode::Poll, _) => self.config.poll_interval,
+            (RelayMode::Notify, Idle::Awake) => {
+                if self.last_work.elapsed() < self.config.linger {
+                    self.config.linger_poll_interval
+                } else {
+                    match self.ctx.store.announce_sleep().await {
+                        Ok(_) => self.idle = Idle::Announced,
+                        // Back off like a failed read: returning at once would retry the
+                        // database in a tight loop.
+                        Err(error) => {
+                            self.database_trouble(&error);
+                            return self.wait_out_backoff(shutdown).await;
+                        }
+                    }
+                    // Re-check for work committed before the announcement.
+                    return;
+                }
+            }
+            (RelayMode::Notify, Idle::Announced) => match self.ctx.store.producers_quiet().await {
+                Ok(true) => {
+                    self.idle = Idle::Asleep;
+                    // One more read: everything committed so far is visible now.
+                    return;
+                }
+                // A producer that may have missed the announcement has not committed yet.
+                Ok(false) => self.config.linger_poll_interval,
+                Err(error) => {
+                    self.database_trouble(&error);
+                    return self.wait_out_backoff(shutdown).await;
+                }
+            },
+            (RelayMode::Notify, Idle::Asleep) => self.config.poll_interval,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.wakeup.notified() => {}
+            // New buckets (or a lost lease) change what there is to read.
+            _ = self.buckets.changed() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    /// Marks the relay awake after it found work (producers stop notifying).
+    async fn wake_up(&mut self) {
+        match self.ctx.store.announce_wake().await {
+            Ok(()) => self.idle = Idle::Awake,
+            Err(error) => tracing::debug!(%error, "announce wake failed"),
+        }
+    }
+
+    /// Stop reading and publishing; let publish calls finish and their outcomes be saved,
+    /// within the shutdown budget.
+    async fn drain(mut self) {
+        let budget = ShutdownBudget::new(self.config.shutdown_timeout);
+        if !self.calls.is_empty() || !self.to_save.is_empty() {
+            tracing::info!(
+                calls = self.calls.len(),
+                in_flight = self.schedule.in_flight(),
+                "draining in-flight batches"
+            );
+        }
+        let deadline = tokio::time::sleep(budget.drain);
+        tokio::pin!(deadline);
+        loop {
+            self.flush();
+            if self.calls.is_empty() && self.settles.is_empty() && self.to_save.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = self.calls.join_next_with_id() => self.call_done(joined),
+                Some(joined) = self.settles.join_next() => self.settle_done(joined),
+                Some(joined) = self.reads.join_next() => self.read_done(joined),
+                _ = &mut deadline => {
+                    tracing::error!(
+                        calls = self.calls.len(),
+                        unsaved = self.to_save.len(),
+                        "shutdown timeout reached with events unsettled; aborting them"
+                    );
+                    self.ctx.abandon.cancel();
+                    // Settles return promptly once abandoned; a publish stuck waiting for
+                    // confirms is aborted (its events stay pending and are published again).
+                    let grace = tokio::time::timeout(budget.step, async {
+                        while let Some(joined) = self.settles.join_next().await {
+                            self.settle_done(joined);
+                        }
+                    });
+                    let _ = grace.await;
+                    self.calls.abort_all();
+                    self.settles.abort_all();
+                    break;
+                }
+            }
+        }
+        self.reads.abort_all();
+        if self.idle != Idle::Awake {
+            let _ = tokio::time::timeout(budget.step, self.ctx.store.announce_wake()).await;
         }
     }
 
@@ -265,6 +720,7 @@ impl<P: Publisher> Pipeline<P> {
                 }),
                 _ = shutdown.cancelled() => return,
             };
+            self.ctx.metrics.attempts("broker", attempt.is_ok()).inc();
             match attempt {
                 Ok(()) => {
                     self.ctx.health.set_broker_up(true, "");
@@ -280,110 +736,6 @@ impl<P: Publisher> Pipeline<P> {
                     }
                 }
             }
-        }
-    }
-
-    async fn database_trouble(&mut self, error: &StoreError, shutdown: &CancellationToken) {
-        if error.is_connection() {
-            self.ctx.health.set_database_up(false, &error.to_string());
-        } else {
-            tracing::error!(%error, "claim failed");
-        }
-        let delay = self.db_backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            // LISTEN re-established: the database is back, retry now rather than after a
-            // backoff that may have grown to 30 s.
-            _ = self.wakeup.notified() => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-
-    /// Nothing to claim and nothing in flight: linger, announce sleep, or sleep.
-    async fn idle_wait(&mut self, shutdown: &CancellationToken) {
-        let wait = match (self.config.mode, self.idle) {
-            (RelayMode::Poll, _) => self.config.poll_interval,
-            (RelayMode::Notify, Idle::Awake) => {
-                if self.last_work.elapsed() < self.config.linger {
-                    self.config.linger_poll_interval
-                } else {
-                    match self.ctx.store.announce_sleep().await {
-                        Ok(_) => self.idle = Idle::Announced,
-                        Err(error) => tracing::debug!(%error, "announce sleep failed"),
-                    }
-                    // Re-check for work committed before the announcement.
-                    return;
-                }
-            }
-            (RelayMode::Notify, Idle::Announced) => match self.ctx.store.producers_quiet().await {
-                Ok(true) => {
-                    self.idle = Idle::Asleep;
-                    // One more claim: everything committed so far is visible now.
-                    return;
-                }
-                // A producer that may have missed the announcement has not committed yet.
-                Ok(false) => self.config.linger_poll_interval,
-                Err(_) => self.config.linger_poll_interval,
-            },
-            (RelayMode::Notify, Idle::Asleep) => self.config.poll_interval,
-        };
-        self.sleep(wait, shutdown).await;
-    }
-
-    async fn sleep(&mut self, wait: Duration, shutdown: &CancellationToken) {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = self.wakeup.notified() => {}
-            // New buckets (or a lost lease) change what there is to claim.
-            _ = self.buckets.changed() => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-
-    async fn set_awake(&mut self) {
-        match self.ctx.store.announce_wake().await {
-            Ok(()) => self.idle = Idle::Awake,
-            Err(error) => tracing::debug!(%error, "announce wake failed"),
-        }
-    }
-
-    /// Stop claiming; let in-flight batches finish and settle within the shutdown timeout.
-    async fn drain(mut self) {
-        let budget = ShutdownBudget::new(self.config.shutdown_timeout);
-        let in_flight = self.tasks.len();
-        if in_flight > 0 {
-            tracing::info!(batches = in_flight, "draining in-flight batches");
-        }
-        let deadline = tokio::time::sleep(budget.drain);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                joined = self.tasks.join_next_with_id() => match joined {
-                    Some(joined) => self.finished(joined),
-                    None => break,
-                },
-                _ = &mut deadline => {
-                    tracing::error!(
-                        batches = self.tasks.len(),
-                        "shutdown timeout reached with batches unsettled; aborting them"
-                    );
-                    self.ctx.abandon.cancel();
-                    // Settle loops return promptly once abandoned; a publish stuck waiting for
-                    // confirms is aborted (its events stay pending and are published again).
-                    let grace = tokio::time::timeout(budget.step, async {
-                        while let Some(joined) = self.tasks.join_next_with_id().await {
-                            self.finished(joined);
-                        }
-                    });
-                    if grace.await.is_err() {
-                        self.tasks.abort_all();
-                    }
-                    break;
-                }
-            }
-        }
-        if self.idle != Idle::Awake {
-            let _ = tokio::time::timeout(budget.step, self.ctx.store.announce_wake()).await;
         }
     }
 }

@@ -1,12 +1,17 @@
 //! The error policy: for every publish failure, one decision between *retry this event later*
 //! (count an attempt, back off), *dead now* (a reason an operator can act on) and *pause*
-//! (the broker is down: count nothing, stop publishing, reconnect). Plus backoff with jitter.
+//! (the broker is down: count nothing, stop publishing, reconnect). The delay math lives in
+//! [`crate::backoff`].
 
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::{broker::PublishError, config::RetryConfig};
+use crate::{
+    backoff::{exponential, jitter},
+    broker::PublishError,
+    config::RetryConfig,
+};
 
 /// What to do with an event whose publish failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,60 +68,10 @@ impl RetryPolicy {
     }
 }
 
-/// `min(max, base * 2^(attempt-1))` without overflow.
-pub fn exponential(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-    base.checked_mul(factor).unwrap_or(max).min(max)
-}
-
-/// A uniformly random duration in `[low, high]`.
-pub fn jitter(low: Duration, high: Duration, rng: &mut impl Rng) -> Duration {
-    if high <= low {
-        return low;
-    }
-    let span = (high - low).as_millis().min(u64::MAX as u128) as u64;
-    low + Duration::from_millis(rng.random_range(0..=span))
-}
-
-/// Reconnect backoff for paused brokers and lost databases: doubles from 250 ms to 30 s,
-/// with jitter so replicas do not reconnect in lockstep.
-#[derive(Debug, Clone)]
-pub struct ReconnectBackoff {
-    attempt: u32,
-}
-
-impl ReconnectBackoff {
-    /// Starts at the first (shortest) delay.
-    pub fn new() -> Self {
-        Self { attempt: 0 }
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        self.attempt = self.attempt.saturating_add(1);
-        let cap = exponential(
-            Duration::from_millis(250),
-            Duration::from_secs(30),
-            self.attempt,
-        );
-        jitter(cap / 2, cap, &mut rand::rng())
-    }
-
-    /// Back to the shortest delay after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Default for ReconnectBackoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backoff::{exponential, jitter};
     use rand::{SeedableRng, rngs::StdRng};
 
     fn policy(max_attempts: u32) -> RetryPolicy {

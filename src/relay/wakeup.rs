@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::policy::ReconnectBackoff;
+use crate::backoff::ReconnectBackoff;
 use crate::store::{TableName, connect::Connector};
 
 /// A wake-up signal shared by the listener and the pipeline.
@@ -44,8 +44,15 @@ pub async fn listen(
 ) {
     let mut backoff = ReconnectBackoff::new();
     let mut first = true;
+    // The first failure after a success is a warning; repeats are debug (the connection gate
+    // spaces them, the health state reports the outage once).
+    let mut failing = false;
     while !shutdown.is_cancelled() {
-        match connector.connect_dedicated().await {
+        let connected = tokio::select! {
+            connected = connector.connect_dedicated() => connected,
+            _ = shutdown.cancelled() => return,
+        };
+        match connected {
             Ok((client, mut messages)) => {
                 let listen = format!("LISTEN \"{}\"", table.name());
                 if let Err(error) = client.batch_execute(&listen).await {
@@ -56,6 +63,7 @@ pub async fn listen(
                     }
                     tracing::debug!(channel = table.name(), "listening for new events");
                     first = false;
+                    failing = false;
                     backoff.reset();
                     // Anything committed while we were not listening must be picked up.
                     wakeup.wake();
@@ -72,8 +80,13 @@ pub async fn listen(
                     tracing::warn!("LISTEN connection lost; reconnecting");
                 }
             }
+            Err(error) if failing => {
+                tracing::debug!(%error, "cannot open LISTEN connection; retrying");
+            }
             Err(error) => {
-                tracing::warn!(%error, "cannot open LISTEN connection; retrying");
+                failing = true;
+                // The cause is reported once by the health state; this is for debugging.
+                tracing::debug!(%error, "cannot open LISTEN connection; retrying");
             }
         }
         tokio::select! {

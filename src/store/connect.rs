@@ -14,6 +14,8 @@ use rustls::{
 use tokio_postgres::{Client, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::gate::{self, Gate};
+
 /// How the server certificate is checked (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
@@ -60,12 +62,18 @@ pub enum ConnectError {
     /// The pool could not be built.
     #[error("cannot create connection pool: {0}")]
     Pool(String),
-    /// Connecting failed.
-    #[error("cannot connect to Postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// Connecting failed; `cause` says why in an operator's words (see [`gate::describe`]).
+    #[error("cannot connect to Postgres: {cause}")]
+    Postgres {
+        /// What went wrong, with the server's address where it helps.
+        cause: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// Connecting took longer than `database.connect_timeout`.
-    #[error("timed out connecting to Postgres")]
-    Timeout,
+    #[error("cannot connect to Postgres: {0}")]
+    Timeout(String),
 }
 
 /// Parses a libpq-style URL or key/value string.
@@ -146,6 +154,8 @@ pub struct Connector {
     target: PgTarget,
     tls: MakeRustlsConnect,
     connect_timeout: Duration,
+    /// Every connection of this connector and its clones (pool included) goes through it.
+    gate: Gate,
 }
 
 impl Connector {
@@ -183,22 +193,36 @@ impl Connector {
             target,
             tls,
             connect_timeout,
+            gate: Gate::new(),
         })
+    }
+
+    /// The connection gate shared by this connector's connections.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// `host:port` of the server, for messages.
+    pub fn server(&self) -> String {
+        gate::target(&self.target.config)
     }
 
     /// A deadpool pool of `size` connections (verified with a cheap check on recycle).
     pub fn pool(&self, size: usize) -> Result<Pool, ConnectError> {
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             self.target.config.clone(),
-            self.tls.clone(),
+            GatedConnect(self.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // No create timeout: creating waits at the gate while the database refuses
+        // connections (that wait is the backoff), and each attempt is bounded by
+        // `database.connect_timeout` inside `GatedConnect`.
         Pool::builder(manager)
             .max_size(size)
             .runtime(Runtime::Tokio1)
-            .create_timeout(Some(self.connect_timeout))
+            .create_timeout(None)
             .wait_timeout(Some(self.connect_timeout * 2))
             .recycle_timeout(Some(self.connect_timeout))
             .build()
@@ -216,10 +240,16 @@ impl Connector {
         ),
         ConnectError,
     > {
-        let connect = self.target.config.connect(self.tls.clone());
-        let (client, mut connection) = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
+        let server = self.server();
+        let (client, mut connection) = self
+            .gate
+            .attempt(self.connect_once(), |e: &ConnectError| match e {
+                ConnectError::Postgres { cause, .. } | ConnectError::Timeout(cause) => {
+                    cause.clone()
+                }
+                other => format!("{other} ({server})"),
+            })
+            .await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -238,6 +268,75 @@ impl Connector {
             }
         });
         Ok((client, rx))
+    }
+}
+
+/// The stream type of a (possibly) TLS connection made by [`MakeRustlsConnect`].
+type TlsStream =
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+
+impl Connector {
+    /// One attempt, bounded by `database.connect_timeout` (TLS and authentication included),
+    /// not gated.
+    async fn connect_once(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>,
+        ),
+        ConnectError,
+    > {
+        let connect = self.target.config.connect(self.tls.clone());
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(connected)) => Ok(connected),
+            Ok(Err(source)) => Err(ConnectError::Postgres {
+                cause: gate::describe(&source, &self.server(), self.connect_timeout),
+                source,
+            }),
+            Err(_) => Err(ConnectError::Timeout(gate::timed_out(
+                &self.server(),
+                self.connect_timeout,
+            ))),
+        }
+    }
+}
+
+/// The pool's way to connect: through the connector's gate, each attempt bounded by
+/// `database.connect_timeout`.
+struct GatedConnect(Connector);
+
+impl deadpool_postgres::Connect for GatedConnect {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        Box::pin(async move {
+            let connector = &self.0;
+            let server = connector.server();
+            let timeout = connector.connect_timeout;
+            let attempt = async {
+                let connect = connector.target.config.connect(connector.tls.clone());
+                tokio::time::timeout(timeout, connect)
+                    .await
+                    // tokio-postgres' own error for a timed-out connect (its constructor is
+                    // public but hidden); the gate records the description below.
+                    .unwrap_or_else(|_| Err(tokio_postgres::Error::__private_api_timeout()))
+            };
+            let (client, connection) = connector
+                .gate
+                .attempt(attempt, |e| gate::describe(e, &server, timeout))
+                .await?;
+            let task = tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "pooled Postgres connection closed");
+                }
+            });
+            Ok((client, task))
+        })
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod connect;
 mod event;
+pub mod gate;
 pub mod migrate;
 mod queries;
 pub mod retention;
@@ -22,7 +23,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 pub use event::{NewEvent, OutboxEvent};
-pub use queries::Queries;
+pub use queries::{Queries, READ_SETTINGS};
 pub use table::{InvalidTableName, TableName};
 
 /// A failure talking to Postgres. Callers branch on [`StoreError::is_connection`]: a lost
@@ -30,8 +31,12 @@ pub use table::{InvalidTableName, TableName};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Getting a connection from the pool failed.
-    #[error("no database connection: {0}")]
+    #[error("no database connection: {}", pool_cause(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// No connection could be opened; the cause in an operator's words (from the
+    /// connection gate, see [`gate::describe`]).
+    #[error("cannot connect to Postgres: {0}")]
+    Unavailable(String),
     /// A statement failed.
     #[error("database error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
@@ -41,7 +46,7 @@ impl StoreError {
     /// True when the failure is about reaching the database rather than the statement itself.
     pub fn is_connection(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::Unavailable(_) => true,
             StoreError::Postgres(e) => {
                 e.is_closed()
                     || e.code().is_none_or(|code| {
@@ -58,6 +63,22 @@ impl StoreError {
     pub fn is_missing_table(&self) -> bool {
         matches!(self, StoreError::Postgres(e)
             if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE))
+    }
+}
+
+/// What a pool error means for an operator (the server's message when there is one).
+fn pool_cause(error: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match error {
+        PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => match std::error::Error::source(e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
+        },
+        PoolError::Timeout(_) => "timed out waiting for a pooled connection".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -87,6 +108,8 @@ pub enum DispatchMode {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// The pool's connection gate: a failed checkout is reported with its cause.
+    gate: Option<gate::Gate>,
     table: TableName,
     sql: std::sync::Arc<Queries>,
     dispatch: DispatchMode,
@@ -98,10 +121,29 @@ impl Store {
         let sql = std::sync::Arc::new(Queries::new(&table));
         Self {
             pool,
+            gate: None,
             table,
             sql,
             dispatch,
         }
+    }
+
+    /// Reports pool failures with the cause recorded by `gate` (the pool's connector's).
+    pub fn with_gate(mut self, gate: gate::Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// A pooled connection; a failure carries the connection gate's cause.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|error| {
+            match self.gate.as_ref().and_then(|gate| gate.last_error()) {
+                Some(cause) if !matches!(error, deadpool_postgres::PoolError::Closed) => {
+                    StoreError::Unavailable(cause)
+                }
+                _ => StoreError::Pool(error),
+            }
+        })
     }
 
     /// The table this store works on.
@@ -119,29 +161,36 @@ impl Store {
         &self.sql
     }
 
-    /// Claims up to `limit` eligible events in write order: pending, due, after `after_seq`,
-    /// not behind an earlier pending event of the same aggregate that waits out a backoff or
-    /// lies at or before `after_seq` (in flight, or not looked at), and (with `buckets`) only
-    /// aggregates whose bucket is owned. Claiming writes nothing: exclusivity comes from
-    /// bucket ownership, and the caller passes as `after_seq` the highest `seq` it has in
-    /// flight (0 when nothing is), so in-flight events are neither re-claimed nor overtaken.
-    pub async fn claim(
+    /// Reads up to `limit` pending events after `after_seq` in `seq` order, whether due or
+    /// not (each with how long its retry still waits), only of the owned `buckets` when given.
+    /// Reading writes nothing: exclusivity comes from bucket ownership, and per-aggregate
+    /// order is kept by the relay in memory ([`crate::relay::scheduler`]).
+    pub async fn read_pending(
         &self,
         after_seq: i64,
         limit: usize,
         buckets: Option<(&[i32], i32)>,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(&self.sql.claim).await?;
+    ) -> Result<Vec<(OutboxEvent, Duration)>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(queries::READ_SETTINGS).await?;
+        let stmt = tx.prepare_cached(&self.sql.read_pending).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (owned, count) = match buckets {
             Some((owned, count)) => (Some(owned), count),
             None => (None, 1),
         };
-        let rows = client
+        let rows = tx
             .query(&stmt, &[&after_seq, &limit, &owned, &count])
             .await?;
-        rows.iter().map(OutboxEvent::from_row).collect()
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let due_in_ms: i64 = row.try_get("due_in_ms")?;
+                let due_in = Duration::from_millis(u64::try_from(due_in_ms).unwrap_or(0));
+                Ok((OutboxEvent::from_row(row)?, due_in))
+            })
+            .collect()
     }
 
     /// Settles confirmed events (only rows still pending, so a late settle never overrides a
@@ -150,7 +199,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let sql = match self.dispatch {
             DispatchMode::Mark => &self.sql.mark_dispatched,
             DispatchMode::Delete => &self.sql.delete_dispatched,
@@ -171,7 +220,7 @@ impl Store {
             .map(|f| i64::try_from(f.retry_in.as_millis()).unwrap_or(i64::MAX))
             .collect();
         let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let stmt = client.prepare_cached(&self.sql.record_failures).await?;
         Ok(client
             .execute(&stmt, &[&ids, &errors, &delays, &dead])
@@ -181,7 +230,7 @@ impl Store {
     /// Wake-up protocol, step 1: announce "a relay is about to sleep"; from now on producers
     /// NOTIFY.
     pub async fn announce_sleep(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client.execute(&self.sql.announce_sleep, &[]).await?;
         Ok(())
     }
@@ -189,7 +238,7 @@ impl Store {
     /// Wake-up protocol, step 2: true when no producer is between its INSERT and its commit,
     /// so none can have missed the announcement without being visible to the next claim.
     pub async fn producers_quiet(&self) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_one(&self.sql.producers_quiet, &[&self.table.regclass()])
             .await?;
@@ -198,7 +247,7 @@ impl Store {
 
     /// Wake-up protocol, step 3: "this relay is awake again" (balances `announce_sleep`).
     pub async fn announce_wake(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client.execute(&self.sql.announce_wake, &[]).await?;
         Ok(())
     }
@@ -244,7 +293,7 @@ impl Store {
     /// Verifies that the table and the objects the relay uses exist (fails with
     /// [`StoreError::is_missing_table`] before `outbox-relay migrate` was run).
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .batch_execute(&format!(
                 "SELECT 1 FROM {} LIMIT 0; SELECT last_value FROM {}",

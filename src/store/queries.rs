@@ -7,12 +7,22 @@ use super::TableName;
 /// table's oid in the low 32 bits).
 pub const WAKE_LOCK_NAMESPACE: i64 = 1_869_968_482;
 
+/// Planner settings the ordered read runs with (`SET LOCAL`, in its own transaction): on a
+/// table loaded and never analyzed, a custom plan can otherwise choose a bitmap scan of every
+/// pending row plus a sort, a cost that grows with the backlog. With these, the only plan left
+/// is the ordered walk of the pending-seq index that stops at the LIMIT.
+pub const READ_SETTINGS: &str = "SET LOCAL enable_bitmapscan = off; \
+     SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off";
+
 /// The relay's statements for one table.
 #[derive(Debug, Clone)]
 pub struct Queries {
-    /// `$1 int8` cursor (only rows after it; every pending row at or before it blocks its
-    /// aggregate), `$2 int8` limit, `$3 int4[]` owned buckets or NULL, `$4 int4` bucket count.
-    pub claim: String,
+    /// The ordered read: pending rows after `$1 int8` in `seq` order, due or not (`due_in_ms`
+    /// says how long a retry still waits), `$2 int8` limit, `$3 int4[]` owned buckets or NULL,
+    /// `$4 int4` bucket count. Only a lower bound on `seq` and no per-row subquery, so it is
+    /// an index-ordered walk of `<table>_pending_seq_idx` that stops at the LIMIT (run with
+    /// [`READ_SETTINGS`], whatever the statistics say (`tests/read_plan.rs` checks the plan on an unanalyzed table)).
+    pub read_pending: String,
     /// `$1 uuid[]`.
     pub mark_dispatched: String,
     /// `$1 uuid[]`.
@@ -32,21 +42,17 @@ impl Queries {
     pub fn new(table: &TableName) -> Self {
         let t = table.qualified();
         Self {
-            claim: format!(
+            read_pending: format!(
                 "SELECT e.id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, \
                         e.payload::text AS payload, e.headers, e.created_at, e.attempts, \
-                        ((hashtext(e.aggregate_id) & 2147483647) % $4::int4) AS bucket \
+                        ((hashtext(e.aggregate_id) & 2147483647) % $4::int4) AS bucket, \
+                        GREATEST(0, ceil(extract(epoch FROM e.available_at - now()) * 1000))::int8 \
+                            AS due_in_ms \
                  FROM {t} e \
                  WHERE e.status = 'pending' \
                    AND e.seq > $1::int8 \
-                   AND e.available_at <= now() \
                    AND ($3::int4[] IS NULL \
                         OR ((hashtext(e.aggregate_id) & 2147483647) % $4::int4) = ANY($3::int4[])) \
-                   AND NOT EXISTS ( \
-                       SELECT 1 FROM {t} p \
-                       WHERE p.status = 'pending' AND p.aggregate_id = e.aggregate_id \
-                         AND p.seq < e.seq \
-                         AND (p.available_at > now() OR p.seq <= $1::int8)) \
                  ORDER BY e.seq \
                  LIMIT $2"
             ),

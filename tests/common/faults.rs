@@ -351,6 +351,31 @@ impl RelayProcess {
             .collect()
     }
 
+    /// Every log line with `text` in its message or in any field's string value (for causes
+    /// carried in a field, e.g. `error`).
+    pub fn lines_containing(&self, text: &str) -> Vec<serde_json::Value> {
+        fn mentions(value: &serde_json::Value, text: &str) -> bool {
+            match value {
+                serde_json::Value::String(s) => s.contains(text),
+                serde_json::Value::Array(items) => items.iter().any(|v| mentions(v, text)),
+                serde_json::Value::Object(fields) => fields.values().any(|v| mentions(v, text)),
+                _ => false,
+            }
+        }
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| mentions(l, text))
+            .cloned()
+            .collect()
+    }
+
+    /// How many log lines have `text` in their message or in any field's string value.
+    pub fn logged_containing(&self, text: &str) -> usize {
+        self.lines_containing(text).len()
+    }
+
     /// The address of `/metrics`, `/healthz`, `/readyz` (from the start-up log line).
     pub async fn http_addr(&self) -> SocketAddr {
         let mut addr = None;

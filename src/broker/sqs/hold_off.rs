@@ -9,7 +9,7 @@ use std::{sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::relay::policy::ReconnectBackoff;
+use crate::backoff::ReconnectBackoff;
 
 #[derive(Debug, Default)]
 struct State {

@@ -1,0 +1,450 @@
+//! Per-aggregate ordering in memory. The pipeline reads pending events in `seq` order and
+//! hands them here; the scheduler says which events may be published now: at most one event
+//! per aggregate is in flight, an aggregate's next event becomes ready the moment its
+//! predecessor is confirmed or went dead, and a failed event parks its aggregate (and only
+//! it) until its retry is due. No I/O: the pipeline owns the database and the broker.
+//!
+//! Every event held here (queued, in flight, or published and waiting for its outcome to be
+//! saved) is *known*: a later read that returns it again is ignored, so an event is never
+//! held twice.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use uuid::Uuid;
+
+use crate::store::OutboxEvent;
+
+/// One queued event and when it may be published (a retry waits out its backoff).
+#[derive(Debug)]
+struct Queued {
+    event: OutboxEvent,
+    due: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Aggregate {
+    /// Events not yet published, in `seq` order.
+    queue: VecDeque<Queued>,
+    /// Its head is at the broker.
+    busy: bool,
+    /// Listed in `ready` (to list it once).
+    listed: bool,
+    /// Listed in `parked` with this due time (to list it once per due time).
+    parked_until: Option<Instant>,
+    bucket: i32,
+}
+
+/// The in-memory schedule of one relay.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    aggregates: HashMap<String, Aggregate>,
+    /// Aggregates whose head may go now, in the order they became ready.
+    ready: VecDeque<String>,
+    /// Aggregates whose head waits out a backoff, by due time.
+    parked: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Every event held (id -> bucket), until its outcome is saved or it is dropped.
+    known: HashMap<Uuid, i32>,
+    /// Buckets whose events may not go out yet (just acquired: earlier events of theirs may
+    /// still be unread).
+    held_back: HashSet<i32>,
+    queued: usize,
+    in_flight: usize,
+}
+
+impl Scheduler {
+    /// An empty schedule.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Events held in memory (queued, in flight, or waiting for their outcome to be saved).
+    pub fn held(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Events published and not yet confirmed or failed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Events read and not yet published.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Aggregates ready to publish their head now (an upper bound: some may have become
+    /// ineligible since they were listed).
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Whether `id` is held.
+    pub fn knows(&self, id: &Uuid) -> bool {
+        self.known.contains_key(id)
+    }
+
+    /// Adds an event read from the table; `due_in` is how long its retry still waits (zero for
+    /// most). Returns false (and holds nothing) if it is already held.
+    pub fn add(&mut self, event: OutboxEvent, due_in: Duration, now: Instant) -> bool {
+        if self.known.contains_key(&event.id) {
+            return false;
+        }
+        self.known.insert(event.id, event.bucket);
+        self.queued += 1;
+        let key = event.aggregate_id.clone();
+        let aggregate = self.aggregates.entry(key.clone()).or_default();
+        aggregate.bucket = event.bucket;
+        let queued = Queued {
+            due: now + due_in,
+            event,
+        };
+        // Reads come in seq order, so this is almost always a push at the back; a rescan can
+        // find an earlier event (a replay, a late commit) that goes in its place.
+        let at = aggregate
+            .queue
+            .iter()
+            .rposition(|q| q.event.seq < queued.event.seq)
+            .map_or(0, |i| i + 1);
+        aggregate.queue.insert(at, queued);
+        self.refresh(&key, now);
+        true
+    }
+
+    /// Takes the next event that may be published now (its aggregate is then busy).
+    pub fn next(&mut self, now: Instant, allowed: impl Fn(i32) -> bool) -> Option<OutboxEvent> {
+        let mut skipped = Vec::new();
+        let mut found = None;
+        while let Some(key) = self.ready.pop_front() {
+            let Some(aggregate) = self.aggregates.get_mut(&key) else {
+                continue;
+            };
+            aggregate.listed = false;
+            let eligible = !aggregate.busy
+                && aggregate.queue.front().is_some_and(|q| q.due <= now)
+                && !self.held_back.contains(&aggregate.bucket);
+            if !eligible {
+                continue;
+            }
+            if !allowed(aggregate.bucket) {
+                aggregate.listed = true;
+                skipped.push(key);
+                continue;
+            }
+            if let Some(queued) = aggregate.queue.pop_front() {
+                aggregate.busy = true;
+                self.queued -= 1;
+                self.in_flight += 1;
+                found = Some(queued.event);
+                break;
+            }
+        }
+        for key in skipped.into_iter().rev() {
+            self.ready.push_front(key);
+        }
+        found
+    }
+
+    /// The broker confirmed `event`: its aggregate's next event may go. The event stays known
+    /// until [`Scheduler::forget`] (its outcome is saved).
+    pub fn confirmed(&mut self, event: &OutboxEvent, now: Instant) {
+        self.release(&event.aggregate_id, now);
+    }
+
+    /// The event in flight for `aggregate_id` went dead and that is saved: the aggregate
+    /// continues with its next event. (Call it only once the dead state is saved, so a
+    /// crash cannot retry the dead event after its successors.)
+    pub fn dead(&mut self, aggregate_id: &str, now: Instant) {
+        self.release(aggregate_id, now);
+    }
+
+    /// A read found `id` again, already held, and says its retry is due in `due_in`: if it
+    /// waits at the head of its aggregate for longer than that (someone shortened its backoff
+    /// in the table), it becomes due sooner.
+    pub fn update_due(&mut self, aggregate_id: &str, id: Uuid, due_in: Duration, now: Instant) {
+        let Some(aggregate) = self.aggregates.get_mut(aggregate_id) else {
+            return;
+        };
+        let due = now + due_in;
+        match aggregate.queue.iter_mut().find(|q| q.event.id == id) {
+            Some(queued) if due < queued.due => queued.due = due,
+            _ => return,
+        }
+        self.refresh(aggregate_id, now);
+    }
+
+    /// `event` failed and is retried after `delay`: it goes back to the head of its
+    /// aggregate, which waits (only it).
+    pub fn retry(&mut self, mut event: OutboxEvent, delay: Duration, now: Instant) {
+        event.attempts += 1;
+        self.requeue(event, now + delay, now);
+    }
+
+    /// `event` was not published (broker down, lease lost, shutdown): it goes back to the
+    /// head of its aggregate, due now, no attempt counted.
+    pub fn unpublished(&mut self, event: OutboxEvent, now: Instant) {
+        self.requeue(event, now, now);
+    }
+
+    fn requeue(&mut self, event: OutboxEvent, due: Instant, now: Instant) {
+        let key = event.aggregate_id.clone();
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.queued += 1;
+        let aggregate = self.aggregates.entry(key.clone()).or_default();
+        aggregate.busy = false;
+        aggregate.bucket = event.bucket;
+        aggregate.queue.push_front(Queued { event, due });
+        self.refresh(&key, now);
+    }
+
+    /// The event in flight for `aggregate_id` leaves without an outcome (its call failed, or
+    /// its bucket is no longer owned): the aggregate is free again.
+    pub fn abandon(&mut self, aggregate_id: &str, now: Instant) {
+        self.release(aggregate_id, now);
+    }
+
+    fn release(&mut self, aggregate_id: &str, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(aggregate) = self.aggregates.get_mut(aggregate_id) {
+            aggregate.busy = false;
+        }
+        self.refresh(aggregate_id, now);
+    }
+
+    /// The outcomes of these events are saved: they leave memory. Returns their buckets.
+    pub fn forget(&mut self, ids: &[Uuid]) -> Vec<i32> {
+        ids.iter().filter_map(|id| self.known.remove(id)).collect()
+    }
+
+    /// Lists the aggregate as ready, parks it, or drops its empty entry.
+    fn refresh(&mut self, key: &str, now: Instant) {
+        let Some(aggregate) = self.aggregates.get_mut(key) else {
+            return;
+        };
+        if aggregate.busy {
+            return;
+        }
+        match aggregate.queue.front() {
+            None => {
+                self.aggregates.remove(key);
+            }
+            Some(head) if head.due > now => {
+                if aggregate.parked_until != Some(head.due) {
+                    aggregate.parked_until = Some(head.due);
+                    self.parked.push(Reverse((head.due, key.to_owned())));
+                }
+            }
+            Some(_) => {
+                if !aggregate.listed {
+                    aggregate.listed = true;
+                    self.ready.push_back(key.to_owned());
+                }
+            }
+        }
+    }
+
+    /// When the next parked aggregate comes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.parked.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Lists parked aggregates whose retry is due.
+    pub fn wake_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.parked.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, key))) = self.parked.pop() {
+                self.refresh(&key, now);
+            }
+        }
+    }
+
+    /// Holds back the events of `buckets` until [`Scheduler::release_buckets`].
+    pub fn hold_back(&mut self, buckets: impl IntoIterator<Item = i32>) {
+        self.held_back.extend(buckets);
+    }
+
+    /// Buckets held back.
+    pub fn held_back(&self) -> &HashSet<i32> {
+        &self.held_back
+    }
+
+    /// Lets held-back buckets go (every earlier event of theirs has been read).
+    pub fn release_buckets(&mut self, now: Instant) {
+        if self.held_back.is_empty() {
+            return;
+        }
+        self.held_back.clear();
+        let keys: Vec<String> = self.aggregates.keys().cloned().collect();
+        for key in keys {
+            self.refresh(&key, now);
+        }
+    }
+
+    /// Drops the queued (unpublished) events of buckets no longer owned; events in flight
+    /// finish. Returns the buckets of the dropped events (one entry per event).
+    pub fn drop_unowned(&mut self, owned: impl Fn(i32) -> bool) -> Vec<i32> {
+        let mut dropped = Vec::new();
+        self.aggregates.retain(|_, aggregate| {
+            if owned(aggregate.bucket) {
+                return true;
+            }
+            for queued in aggregate.queue.drain(..) {
+                dropped.push(queued.event.id);
+            }
+            aggregate.busy
+        });
+        self.queued -= dropped.len();
+        self.held_back.retain(|b| owned(*b));
+        self.forget(&dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn ev(seq: i64, aggregate: &str) -> OutboxEvent {
+        OutboxEvent {
+            id: Uuid::new_v4(),
+            seq,
+            aggregate_type: "t".into(),
+            aggregate_id: aggregate.into(),
+            event_type: "e".into(),
+            payload: "{}".into(),
+            headers: vec![],
+            created_at: SystemTime::now(),
+            attempts: 0,
+            bucket: i32::from(aggregate.as_bytes()[0] % 4),
+        }
+    }
+
+    fn drain(s: &mut Scheduler, now: Instant) -> Vec<i64> {
+        std::iter::from_fn(|| s.next(now, |_| true))
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    #[test]
+    fn one_event_per_aggregate_in_flight_and_the_next_goes_when_it_is_confirmed() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        for (seq, agg) in [(1, "a"), (2, "b"), (3, "a"), (4, "a"), (5, "c"), (6, "b")] {
+            assert!(s.add(ev(seq, agg), Duration::ZERO, now));
+        }
+        let first: Vec<OutboxEvent> = std::iter::from_fn(|| s.next(now, |_| true)).collect();
+        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 5]);
+        assert_eq!(s.in_flight(), 3);
+        s.confirmed(&first[0], now); // a:1
+        assert_eq!(drain(&mut s, now), [3]);
+        s.confirmed(&first[1], now); // b:2
+        assert_eq!(drain(&mut s, now), [6]);
+        assert_eq!(s.held(), 6, "confirmed events stay known until forgotten");
+        assert_eq!(s.forget(&[first[0].id]).len(), 1);
+        assert_eq!(s.held(), 5);
+    }
+
+    #[test]
+    fn a_failed_event_parks_only_its_aggregate_and_keeps_its_place() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        for (seq, agg) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
+            s.add(ev(seq, agg), Duration::ZERO, now);
+        }
+        let a1 = s.next(now, |_| true).unwrap();
+        let b3 = s.next(now, |_| true).unwrap();
+        s.retry(a1, Duration::from_secs(5), now);
+        s.confirmed(&b3, now);
+        assert_eq!(drain(&mut s, now), [4], "b flows, a waits");
+        assert_eq!(s.next_due(), Some(now + Duration::from_secs(5)));
+        let later = now + Duration::from_secs(5);
+        s.wake_due(later);
+        let retried = s.next(later, |_| true).unwrap();
+        assert_eq!((retried.seq, retried.attempts), (1, 1), "a:1 before a:2");
+        s.confirmed(&retried, later);
+        assert_eq!(drain(&mut s, later), [2]);
+    }
+
+    #[test]
+    fn an_event_read_with_a_pending_backoff_parks_its_aggregate() {
+        // After a restart the table is the only memory of a retry in progress.
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        s.add(ev(1, "a"), Duration::from_secs(30), now);
+        s.add(ev(2, "a"), Duration::ZERO, now);
+        s.add(ev(3, "b"), Duration::ZERO, now);
+        assert_eq!(drain(&mut s, now), [3]);
+        s.wake_due(now + Duration::from_secs(30));
+        assert_eq!(drain(&mut s, now + Duration::from_secs(30)), [1]);
+    }
+
+    #[test]
+    fn a_backoff_shortened_in_the_table_is_noticed_by_the_next_read() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        let head = ev(1, "a");
+        let id = head.id;
+        s.add(head, Duration::from_secs(3600), now);
+        assert_eq!(drain(&mut s, now), Vec::<i64>::new());
+        s.update_due("a", id, Duration::from_secs(7200), now);
+        assert_eq!(
+            s.next_due(),
+            Some(now + Duration::from_secs(3600)),
+            "never later"
+        );
+        s.update_due("a", id, Duration::ZERO, now);
+        assert_eq!(drain(&mut s, now), [1]);
+    }
+
+    #[test]
+    fn a_rescan_puts_an_earlier_event_before_later_queued_ones_and_duplicates_are_ignored() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        let late = ev(2, "a");
+        s.add(ev(5, "a"), Duration::ZERO, now);
+        s.add(late.clone(), Duration::ZERO, now);
+        assert!(!s.add(late, Duration::ZERO, now), "already held");
+        assert_eq!(drain(&mut s, now), [2]);
+    }
+
+    #[test]
+    fn held_back_buckets_wait_and_lost_buckets_are_dropped() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        let a = ev(1, "a"); // bucket 'a' % 4 = 1
+        let b = ev(2, "b"); // bucket 2
+        let (ba, bb) = (a.bucket, b.bucket);
+        s.hold_back([ba]);
+        s.add(a, Duration::ZERO, now);
+        s.add(b, Duration::ZERO, now);
+        assert_eq!(drain(&mut s, now), [2]);
+        s.release_buckets(now);
+        assert_eq!(s.held_back().len(), 0);
+        s.add(ev(3, "a"), Duration::ZERO, now);
+        let a1 = s.next(now, |_| true).unwrap();
+        assert_eq!(a1.seq, 1);
+        s.update_due("a", Uuid::new_v4(), Duration::ZERO, now); // unknown: no effect
+        // Bucket of "a" is lost: its queued event (3) is dropped, the one in flight finishes.
+        let dropped = s.drop_unowned(|bucket| bucket == bb);
+        assert_eq!(dropped, [ba]);
+        assert_eq!(s.queued(), 0);
+        s.confirmed(&a1, now);
+        assert_eq!(drain(&mut s, now), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn events_of_buckets_not_allowed_stay_ready_for_later() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        let a = ev(1, "a");
+        let bucket = a.bucket;
+        s.add(a, Duration::ZERO, now);
+        assert!(s.next(now, |b| b != bucket).is_none());
+        assert_eq!(s.next(now, |_| true).map(|e| e.seq), Some(1));
+    }
+}
