@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI's smoke run of the benchmark: small numbers, no thresholds, so the harness cannot rot
-# (the SQS variant included, against the emulator).
+# (the SQS variant included, against the emulator; then the matrix at 2 % of its backlogs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 cargo bench --locked --bench relay -- --events 2000 --latency-seconds 1 --rate 200 \
   --producer-seconds 1 --sqs --sqs-events 200
+cargo bench --locked --bench relay -- --matrix --matrix-scale 0.02 --drain-timeout 120
