@@ -398,7 +398,7 @@ async fn raw_store(b: Backlog, batch: usize) -> f64 {
         if events.is_empty() {
             break;
         }
-        let ids: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
+        let ids: Vec<Uuid> = events.iter().map(|r| r.event.id).collect();
         done += store.mark_dispatched(&ids).await.unwrap() as usize;
     }
     let rate = done as f64 / started.elapsed().as_secs_f64();

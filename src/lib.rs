@@ -6,9 +6,9 @@
 //! Data flows one way:
 //!
 //! ```text
-//! wake-up (NOTIFY or timer) -> claim (store) -> publish (broker) -> settle (store)
-//!                                   ^                                   |
-//!                                   +----- retry / dead decisions ------+
+//! wake-up (NOTIFY or timer) -> read (store) -> order (memory) -> publish (broker) -> settle (store)
+//!                                                   ^                                      |
+//!                                                   +-------- retry / dead decisions ------+
 //! ```
 //!
 //! Modules:
@@ -17,10 +17,12 @@
 //! - [`commands`]: one function per subcommand, errors mapped to exit codes.
 //! - [`config`]: figment layering (defaults, TOML file, `OUTBOX_RELAY_*` env), validation
 //!   naming the offending key, secret redaction.
-//! - [`store`]: all SQL: connecting (TLS), migrations, claim, settle, the wake-up protocol,
+//! - [`store`]: all SQL: connecting (TLS) through one backing-off connection gate, migrations,
+//!   the ordered read, settle, the wake-up protocol,
 //!   status queries, dead-letter listing and replay, retention purges.
 //! - [`broker`]: the [`broker::Publisher`] contract, routing templates, RabbitMQ and SQS.
-//! - [`relay`]: the pipeline: wake-ups, batching into per-aggregate waves, retry policy,
+//! - [`relay`]: the pipeline: wake-ups, per-aggregate ordering in memory, the confirm window,
+//!   retry policy,
 //!   circuit breaker, replica coordination (bucket ownership), shutdown drain.
 //! - [`ops`]: metrics, the gauge refresher, health state, the HTTP server for `/metrics`,
 //!   `/healthz`, `/readyz`, and the rendering of `status` / `dead list`.

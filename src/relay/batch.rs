@@ -94,6 +94,7 @@ pub async fn publish_call<P: Publisher>(
     ctx.metrics
         .batch_duration
         .observe(started.elapsed().as_secs_f64());
+    tracing::trace!(events = events.len(), took = ?started.elapsed(), "publish call");
     let now = SystemTime::now();
     let mut broker_down = None;
     let mut report = Vec::with_capacity(events.len());

@@ -10,12 +10,15 @@
 //!
 //! **Why no committed row is skipped.** The cursor only passes rows the read returned, but a
 //! row can commit after a read passed its `seq` (a transaction that took its `seq` earlier and
-//! committed later), and a replayed or taken-over row can lie behind it. So: (1) whenever the
-//! relay holds nothing, the cursor goes back to 0 and the next read looks at every pending row;
-//! (2) while it holds events, a *rescan* walks the rows before the cursor again every
-//! `relay.rescan_interval`, in batches, adding what it does not hold. Its cost is the pending
-//! rows before the cursor, which are about the events held in memory, not the backlog. A
-//! late row of an aggregate cannot break that aggregate's order: producers serialize writes
+//! committed later), and a replayed or taken-over row can lie behind it. So a *rescan* walks
+//! the rows before the cursor again every `relay.rescan_interval`, in batches, adding what it
+//! does not hold (the cursor starts at 0 when the relay starts, so the first read is a rescan
+//! of everything). A rescan's cost is the pending rows before the cursor, which are about the
+//! events held in memory, not the backlog, plus the index entries of rows dispatched since
+//! the last vacuum; its frequency is bounded by the interval. The cursor is *not* reset when
+//! the relay runs dry: a read from 0 on every wake-up would walk every dispatched,
+//! not-yet-vacuumed entry of the pending index each time, a cost that grows with the traffic.
+//! A late row of an aggregate cannot break that aggregate's order: producers serialize writes
 //! per aggregate (README), so its later events commit after it.
 //!
 //! **Takeover.** Buckets just acquired are held back until a rescan has read every row of
@@ -46,7 +49,7 @@ use crate::{
     backoff::ReconnectBackoff,
     broker::{PublishError, Publisher},
     config::{RelayConfig, RelayMode},
-    store::{Failure, OutboxEvent, StoreError},
+    store::{Failure, ReadRow, StoreError},
 };
 
 /// Which buckets this replica may publish, kept current by the coordinator.
@@ -81,7 +84,7 @@ struct Rescan {
     releases: bool,
 }
 
-type ReadResult = Result<Vec<(OutboxEvent, Duration)>, StoreError>;
+type ReadResult = Result<Vec<ReadRow>, StoreError>;
 
 /// What a publish call carries, kept to recover if its task fails.
 struct CallContents(Vec<(Uuid, String, i32)>);
@@ -106,14 +109,20 @@ pub struct Pipeline<P: Publisher> {
     read_blocked_until: Instant,
     rescan: Option<Rescan>,
     last_rescan: Instant,
+    /// A read found an event whose predecessor it does not hold: rescan now, not at the
+    /// next interval.
+    rescan_soon: bool,
+    /// The last idle wait ended with a notification.
+    woken: bool,
     /// Buckets of the last ownership seen.
     owned: Vec<i32>,
     /// The running read and its registration with the coordinator.
     reading: Option<(ReadKind, Claim)>,
     reads: JoinSet<ReadResult>,
     /// Events whose outcome was saved (and left memory) while a read ran: that read may still
-    /// return them as pending.
+    /// return them as pending, or as the predecessor of an event.
     saved_during_read: HashSet<Uuid>,
+    saved_seqs_during_read: HashSet<i64>,
     calls: JoinSet<CallReport>,
     call_contents: HashMap<Id, CallContents>,
     to_save: Outcomes,
@@ -121,6 +130,8 @@ pub struct Pipeline<P: Publisher> {
     dying: HashMap<Uuid, String>,
     settles: JoinSet<(Outcomes, bool)>,
     idle: Idle,
+    /// When the pipeline's state was last logged (debug, once a second while busy).
+    last_trace: Instant,
     last_work: Instant,
     db_backoff: ReconnectBackoff,
 }
@@ -149,16 +160,20 @@ impl<P: Publisher> Pipeline<P> {
             read_blocked_until: now,
             rescan: None,
             last_rescan: now,
+            rescan_soon: false,
+            woken: false,
             owned: Vec::new(),
             reading: None,
             reads: JoinSet::new(),
             saved_during_read: HashSet::new(),
+            saved_seqs_during_read: HashSet::new(),
             calls: JoinSet::new(),
             call_contents: HashMap::new(),
             to_save: Outcomes::default(),
             dying: HashMap::new(),
             settles: JoinSet::new(),
             idle: Idle::Awake,
+            last_trace: now,
             last_work: now,
             db_backoff: ReconnectBackoff::new(),
         }
@@ -189,7 +204,6 @@ impl<P: Publisher> Pipeline<P> {
             self.schedule.wake_due(now);
             self.launch(now);
             self.flush();
-            self.reset_when_empty();
             self.start_rescan_when_due(now);
             if let Some(kind) = self.wanted_read(now) {
                 self.start_read(kind);
@@ -211,6 +225,20 @@ impl<P: Publisher> Pipeline<P> {
                 continue;
             }
             let timer = self.next_timer();
+            if self.last_trace.elapsed() >= Duration::from_secs(1) {
+                self.last_trace = Instant::now();
+                tracing::debug!(
+                    held = self.schedule.held(),
+                    queued = self.schedule.queued(),
+                    in_flight = self.schedule.in_flight(),
+                    ready = self.schedule.ready_len(),
+                    calls = self.calls.len(),
+                    settles = self.settles.len(),
+                    to_save = self.to_save.len(),
+                    cursor = self.cursor,
+                    "pipeline state"
+                );
+            }
             self.wait_once(&shutdown, timer).await;
         }
         self.drain().await;
@@ -225,6 +253,7 @@ impl<P: Publisher> Pipeline<P> {
             && self.to_save.is_empty()
             && self.caught_up
             && !self.read_due
+            && self.rescan.is_none()
     }
 
     /// Waits for one thing to happen (a task reports, a timer, a wake-up, shutdown).
@@ -299,6 +328,7 @@ impl<P: Publisher> Pipeline<P> {
     /// Starts publish calls while slots and window allow and events are ready.
     fn launch(&mut self, now: Instant) {
         if self.ctx.shutdown.is_cancelled() || !self.buckets.borrow().leased() {
+            tracing::trace!(ready = self.schedule.ready_len(), "not launching: no lease");
             return;
         }
         let channels = self.config.channels();
@@ -309,10 +339,12 @@ impl<P: Publisher> Pipeline<P> {
             if ready == 0 {
                 break;
             }
-            let free = channels - self.calls.len();
+            // Spread what can be in flight evenly over all channels: a call waits for its last
+            // confirm, so one big call would hold its aggregates back longer than the others.
+            let even = (self.schedule.in_flight() + ready).div_ceil(channels);
             let n = per_call
                 .min(window - self.schedule.in_flight())
-                .min(ready.div_ceil(free));
+                .min(even.max(1));
             let mut events = Vec::with_capacity(n);
             while events.len() < n {
                 let owned = &self.owned;
@@ -405,6 +437,11 @@ impl<P: Publisher> Pipeline<P> {
         if let Some(error) = report.broker_down {
             self.ctx.health.set_broker_up(false, &error.to_string());
         }
+        // Caught up and events flowing: more were likely written meanwhile; look now rather
+        // than at the next poll (reads run one at a time, so this cannot pile up).
+        if self.caught_up {
+            self.read_due = true;
+        }
     }
 
     /// Saves what is waiting, in one batched settle (at most two run at once).
@@ -441,22 +478,13 @@ impl<P: Publisher> Pipeline<P> {
         }
     }
 
-    /// Holding nothing: the next read starts from the beginning (it sees every pending row,
-    /// late commits and replays included), and no bucket needs holding back.
-    fn reset_when_empty(&mut self) {
-        if self.schedule.held() == 0 && self.reading.is_none() && self.cursor != 0 {
-            self.cursor = 0;
-            self.caught_up = false;
-            self.rescan = None;
-            self.schedule.release_buckets(Instant::now());
-        }
-    }
-
     fn start_rescan_when_due(&mut self, now: Instant) {
         if self.rescan.is_none()
             && self.cursor > 0
-            && now.duration_since(self.last_rescan) >= self.config.rescan_interval
+            && (self.rescan_soon
+                || now.duration_since(self.last_rescan) >= self.config.rescan_interval)
         {
+            self.rescan_soon = false;
             self.rescan = Some(Rescan {
                 position: 0,
                 until: self.cursor,
@@ -514,6 +542,7 @@ impl<P: Publisher> Pipeline<P> {
             return;
         };
         let saved = std::mem::take(&mut self.saved_during_read);
+        let saved_seqs = std::mem::take(&mut self.saved_seqs_during_read);
         let rows = match joined {
             Ok(Ok(rows)) => rows,
             Ok(Err(error)) => {
@@ -533,29 +562,57 @@ impl<P: Publisher> Pipeline<P> {
         let now = Instant::now();
         let limit = self.config.batch_size;
         let full = rows.len() == limit;
-        let last = rows.last().map(|(e, _)| e.seq);
+        let last = rows.last().map(|r| r.event.seq);
         let until = self.rescan.map_or(i64::MAX, |r| r.until);
         let mut added = Vec::new();
-        for (event, due_in) in rows {
+        let mut gaps = 0;
+        for ReadRow {
+            event,
+            due_in,
+            prev_seq,
+        } in rows
+        {
             if kind == ReadKind::Rescan && event.seq > until {
                 break; // the main read's part
             }
             if saved.contains(&event.id) || !self.owns(event.bucket) {
                 continue;
             }
-            let bucket = event.bucket;
             if self.schedule.knows(&event.id) {
                 self.schedule
                     .update_due(&event.aggregate_id, event.id, due_in, now);
-            } else if self.schedule.add(event, due_in, now) {
+                continue;
+            }
+            // Its predecessor is pending but not held: it committed after an earlier read
+            // passed its seq (or was replayed). Taking this event now could publish it first;
+            // leave it to the rescan, which reads both in seq order.
+            if let Some(prev) = prev_seq
+                && !self.schedule.holds_seq(prev)
+                && !saved_seqs.contains(&prev)
+            {
+                gaps += 1;
+                continue;
+            }
+            let bucket = event.bucket;
+            if self.schedule.add(event, due_in, now) {
                 added.push(bucket);
             }
+        }
+        tracing::trace!(?kind, read = last, added = added.len(), gaps, "read");
+        if gaps > 0 {
+            tracing::debug!(gaps, "events behind an unread predecessor; rescanning");
+            self.rescan_soon = true;
         }
         claim.claimed(added.iter().copied());
         match kind {
             ReadKind::Main => {
                 if let Some(last) = last {
                     self.cursor = self.cursor.max(last);
+                }
+                // Woken by a notification but nothing new after the cursor: what woke us lies
+                // behind it (a replay, a late commit).
+                if std::mem::take(&mut self.woken) && added.is_empty() {
+                    self.rescan_soon = true;
                 }
                 self.caught_up = !full;
                 if !added.is_empty() {
@@ -637,9 +694,16 @@ impl<P: Publisher> Pipeline<P> {
             },
             (RelayMode::Notify, Idle::Asleep) => self.config.poll_interval,
         };
+        // Rows behind the cursor are looked for at least every rescan interval, asleep too.
+        let wait = if self.cursor > 0 {
+            let due = self.last_rescan + self.config.rescan_interval;
+            wait.min(due.saturating_duration_since(Instant::now()))
+        } else {
+            wait
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = self.wakeup.notified() => {}
+            _ = self.wakeup.notified() => self.woken = true,
             // New buckets (or a lost lease) change what there is to read.
             _ = self.buckets.changed() => {}
             _ = shutdown.cancelled() => {}

@@ -46,8 +46,10 @@ pub struct Scheduler {
     ready: VecDeque<String>,
     /// Aggregates whose head waits out a backoff, by due time.
     parked: BinaryHeap<Reverse<(Instant, String)>>,
-    /// Every event held (id -> bucket), until its outcome is saved or it is dropped.
-    known: HashMap<Uuid, i32>,
+    /// Every event held (id -> bucket and seq), until its outcome is saved or it is dropped.
+    known: HashMap<Uuid, (i32, i64)>,
+    /// The `seq` of every event held.
+    seqs: HashSet<i64>,
     /// Buckets whose events may not go out yet (just acquired: earlier events of theirs may
     /// still be unread).
     held_back: HashSet<i32>,
@@ -93,7 +95,8 @@ impl Scheduler {
         if self.known.contains_key(&event.id) {
             return false;
         }
-        self.known.insert(event.id, event.bucket);
+        self.known.insert(event.id, (event.bucket, event.seq));
+        self.seqs.insert(event.seq);
         self.queued += 1;
         let key = event.aggregate_id.clone();
         let aggregate = self.aggregates.entry(key.clone()).or_default();
@@ -214,9 +217,27 @@ impl Scheduler {
         self.refresh(aggregate_id, now);
     }
 
+    /// Whether the event with this `seq` is held.
+    pub fn holds_seq(&self, seq: i64) -> bool {
+        self.seqs.contains(&seq)
+    }
+
     /// The outcomes of these events are saved: they leave memory. Returns their buckets.
     pub fn forget(&mut self, ids: &[Uuid]) -> Vec<i32> {
-        ids.iter().filter_map(|id| self.known.remove(id)).collect()
+        ids.iter()
+            .filter_map(|id| self.known.remove(id))
+            .map(|(bucket, seq)| {
+                self.seqs.remove(&seq);
+                bucket
+            })
+            .collect()
+    }
+
+    /// The `seq`s of these held events (for events about to be forgotten).
+    pub fn seqs_of(&self, ids: &[Uuid]) -> Vec<i64> {
+        ids.iter()
+            .filter_map(|id| self.known.get(id).map(|(_, seq)| *seq))
+            .collect()
     }
 
     /// Lists the aggregate as ready, parks it, or drops its empty entry.

@@ -82,6 +82,17 @@ fn pool_cause(error: &deadpool_postgres::PoolError) -> String {
     }
 }
 
+/// One row of [`Store::read_pending`].
+#[derive(Debug, Clone)]
+pub struct ReadRow {
+    /// The event.
+    pub event: OutboxEvent,
+    /// How long its retry still waits (zero when due).
+    pub due_in: Duration,
+    /// The `seq` of the pending event before it in its aggregate, in the read's snapshot.
+    pub prev_seq: Option<i64>,
+}
+
 /// One per-event failure to record.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -170,25 +181,35 @@ impl Store {
         after_seq: i64,
         limit: usize,
         buckets: Option<(&[i32], i32)>,
-    ) -> Result<Vec<(OutboxEvent, Duration)>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute(queries::READ_SETTINGS).await?;
-        let stmt = tx.prepare_cached(&self.sql.read_pending).await?;
+    ) -> Result<Vec<ReadRow>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.read_pending).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (owned, count) = match buckets {
             Some((owned, count)) => (Some(owned), count),
             None => (None, 1),
         };
-        let rows = tx
-            .query(&stmt, &[&after_seq, &limit, &owned, &count])
-            .await?;
-        tx.commit().await?;
+        // One round trip: BEGIN with the planner settings, the read and COMMIT are pipelined
+        // (tokio-postgres sends them in this order without waiting). If any fails, the read's
+        // rows are not used.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&after_seq, &limit, &owned, &count];
+        let (begun, rows, committed) = tokio::join!(
+            client.batch_execute(&self.sql.read_begin),
+            client.query(&stmt, &params),
+            client.batch_execute("COMMIT"),
+        );
+        begun?;
+        let rows = rows?;
+        committed?;
         rows.iter()
             .map(|row| {
                 let due_in_ms: i64 = row.try_get("due_in_ms")?;
-                let due_in = Duration::from_millis(u64::try_from(due_in_ms).unwrap_or(0));
-                Ok((OutboxEvent::from_row(row)?, due_in))
+                Ok(ReadRow {
+                    event: OutboxEvent::from_row(row)?,
+                    due_in: Duration::from_millis(u64::try_from(due_in_ms).unwrap_or(0)),
+                    prev_seq: row.try_get("prev_seq")?,
+                })
             })
             .collect()
     }

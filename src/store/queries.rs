@@ -18,11 +18,15 @@ pub const READ_SETTINGS: &str = "SET LOCAL enable_bitmapscan = off; \
 #[derive(Debug, Clone)]
 pub struct Queries {
     /// The ordered read: pending rows after `$1 int8` in `seq` order, due or not (`due_in_ms`
-    /// says how long a retry still waits), `$2 int8` limit, `$3 int4[]` owned buckets or NULL,
+    /// says how long a retry still waits), each with the `seq` of the pending row before it in
+    /// its aggregate (`prev_seq`: one backward probe of the pending-aggregate index per
+    /// returned row, so the relay can tell whether it holds that predecessor), `$2 int8` limit, `$3 int4[]` owned buckets or NULL,
     /// `$4 int4` bucket count. Only a lower bound on `seq` and no per-row subquery, so it is
     /// an index-ordered walk of `<table>_pending_seq_idx` that stops at the LIMIT (run with
     /// [`READ_SETTINGS`], whatever the statistics say (`tests/read_plan.rs` checks the plan on an unanalyzed table)).
     pub read_pending: String,
+    /// `BEGIN` plus [`READ_SETTINGS`]: the transaction the read runs in.
+    pub read_begin: String,
     /// `$1 uuid[]`.
     pub mark_dispatched: String,
     /// `$1 uuid[]`.
@@ -47,7 +51,11 @@ impl Queries {
                         e.payload::text AS payload, e.headers, e.created_at, e.attempts, \
                         ((hashtext(e.aggregate_id) & 2147483647) % $4::int4) AS bucket, \
                         GREATEST(0, ceil(extract(epoch FROM e.available_at - now()) * 1000))::int8 \
-                            AS due_in_ms \
+                            AS due_in_ms, \
+                        (SELECT p.seq FROM {t} p \
+                         WHERE p.status = 'pending' AND p.aggregate_id = e.aggregate_id \
+                           AND p.seq < e.seq \
+                         ORDER BY p.seq DESC LIMIT 1) AS prev_seq \
                  FROM {t} e \
                  WHERE e.status = 'pending' \
                    AND e.seq > $1::int8 \
@@ -56,6 +64,7 @@ impl Queries {
                  ORDER BY e.seq \
                  LIMIT $2"
             ),
+            read_begin: format!("BEGIN; {READ_SETTINGS}"),
             mark_dispatched: format!(
                 "UPDATE {t} SET status = 'dispatched', dispatched_at = now(), last_error = NULL \
                  WHERE id = ANY($1::uuid[]) AND status = 'pending'"

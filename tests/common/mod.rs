@@ -362,6 +362,8 @@ pub fn relay_config(db: &TestDb, broker: &TestBroker) -> Config {
     config.relay.mode = RelayMode::Notify;
     config.relay.poll_interval = Duration::from_millis(200);
     config.relay.batch_size = 100;
+    // Replays and late commits are found by the rescan: keep tests quick.
+    config.relay.rescan_interval = Duration::from_millis(500);
     config.retry.initial_backoff = Duration::from_millis(50);
     config.retry.max_backoff = Duration::from_millis(200);
     config.broker.rabbitmq.url = amqp_url();
