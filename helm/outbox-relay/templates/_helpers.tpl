@@ -101,6 +101,9 @@ pool_size = {{ int $c.database.poolSize }}
 mode = {{ $c.relay.mode | quote }}
 poll_interval = {{ $c.relay.pollInterval | quote }}
 batch_size = {{ int $c.relay.batchSize }}
+max_in_flight = {{ int $c.relay.maxInFlight }}
+publish_channels = {{ int $c.relay.publishChannels }}
+max_pending_in_memory = {{ int $c.relay.maxPendingInMemory }}
 shutdown_timeout = {{ $c.relay.shutdownTimeout | quote }}
 buckets = {{ int $c.relay.buckets }}
 
