@@ -330,14 +330,7 @@ async fn raw_broker(
     confirms: Confirms,
     shape: Shape,
 ) -> BrokerRun {
-    let conn = Connection::connect(&amqp(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let (exchange, queue) = broker_setup(&conn).await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (conn, exchange, queue, ch) = confirm_channel().await;
     let body = vec![b'x'; payload];
     let mut rtts = Vec::with_capacity(if confirms == Confirms::Timed { n } else { 0 });
     let mut plain = VecDeque::new();
@@ -415,9 +408,21 @@ fn order_bound(aggregates: usize, rtt: &BrokerRun) -> Option<f64> {
         .then(|| aggregates as f64 / (rtt.rtt_p50_ms / 1000.0))
 }
 
-/// 2. Raw store limit: the relay's claim + mark SQL, no broker.
-async fn raw_store(b: Backlog, batch: usize) -> f64 {
-    let n = b.events;
+/// A connection with a fresh exchange and queue (bound with `#`) and a confirm-mode channel.
+async fn confirm_channel() -> (Connection, String, String, lapin::Channel) {
+    let conn = Connection::connect(&amqp(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let (exchange, queue) = broker_setup(&conn).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, exchange, queue, ch)
+}
+
+/// A fresh database holding backlog `b`, and the relay's store on it (pool of 4).
+async fn prefilled_store(b: Backlog) -> (String, Store) {
     let (name, url) = fresh_db().await;
     prefill(&url, b).await;
     let connector = Connector::new(&url, None, "bench", Duration::from_secs(5)).unwrap();
@@ -426,6 +431,13 @@ async fn raw_store(b: Backlog, batch: usize) -> f64 {
         TableName::parse("outbox_events").unwrap(),
         DispatchMode::Mark,
     );
+    (name, store)
+}
+
+/// 2. Raw store limit: the relay's claim + mark SQL, no broker.
+async fn raw_store(b: Backlog, batch: usize) -> f64 {
+    let n = b.events;
+    let (name, store) = prefilled_store(b).await;
     let all: Vec<i32> = (0..64).collect();
     let started = Instant::now();
     let mut done = 0;
@@ -445,6 +457,81 @@ async fn raw_store(b: Backlog, batch: usize) -> f64 {
     rate
 }
 
+/// The raw limit of broker and store together on this machine: no relay, one loop that reads
+/// the backlog in `seq` order (the relay's read), publishes each row with the relay's
+/// properties on one channel with [`RAW_WINDOW`] confirms outstanding, and marks confirmed
+/// rows dispatched in batches (the relay's mark) on a task of its own. No ordering, no
+/// scheduling: what the relay's work costs the two servers sharing the machine's cores.
+async fn raw_combined(b: Backlog, batch: usize) -> f64 {
+    let n = b.events;
+    let (name, store) = prefilled_store(b).await;
+    let (conn, exchange, queue, ch) = confirm_channel().await;
+    let (marks, mut to_mark) = tokio::sync::mpsc::channel::<Vec<Uuid>>(4);
+    let marker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut marked = 0;
+            while let Some(ids) = to_mark.recv().await {
+                marked += store.mark_dispatched(&ids).await.unwrap() as usize;
+            }
+            marked
+        })
+    };
+    let all: Vec<i32> = (0..64).collect();
+    let started = Instant::now();
+    let mut cursor = 0;
+    let mut outstanding = VecDeque::new();
+    let mut confirmed = Vec::with_capacity(batch);
+    loop {
+        let rows = store
+            .read_pending(cursor, batch, Some((&all, 64)))
+            .await
+            .unwrap();
+        let Some(last) = rows.last() else { break };
+        cursor = last.event.seq;
+        for row in rows {
+            let event = row.event;
+            let confirm = ch
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "order.created".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    event.payload.as_bytes(),
+                    outbox_relay::broker::rabbitmq::message_properties(&event),
+                )
+                .await
+                .unwrap();
+            outstanding.push_back((event.id, confirm));
+            while outstanding.len() >= RAW_WINDOW {
+                let (id, confirm) = outstanding.pop_front().unwrap();
+                assert!(confirm.await.unwrap().is_ack());
+                confirmed.push(id);
+                if confirmed.len() >= batch {
+                    marks.send(std::mem::take(&mut confirmed)).await.unwrap();
+                }
+            }
+        }
+    }
+    for (id, confirm) in outstanding {
+        assert!(confirm.await.unwrap().is_ack());
+        confirmed.push(id);
+    }
+    marks.send(confirmed).await.unwrap();
+    drop(marks);
+    let marked = marker.await.unwrap();
+    let rate = marked as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        marked, n,
+        "the combined raw run marked fewer rows than it was given"
+    );
+    broker_cleanup(&conn, &exchange, &queue).await;
+    drop_db(&name).await;
+    rate
+}
+
 fn spawn_relay(url: &str, exchange: &str, batch: usize, extra: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
     cmd.env("OUTBOX_RELAY_DATABASE__URL", url)
@@ -458,6 +545,17 @@ fn spawn_relay(url: &str, exchange: &str, batch: usize, extra: &[(&str, &str)]) 
         .arg("run")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    // Environment variables of the caller win (e.g. OUTBOX_RELAY_LOG__LEVEL=debug with
+    // OUTBOX_BENCH_RELAY_LOG=path to see the pipeline's state once a second).
+    cmd.envs(std::env::vars().filter(|(k, _)| k.starts_with("OUTBOX_RELAY_")));
+    if let Ok(path) = std::env::var("OUTBOX_BENCH_RELAY_LOG") {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        cmd.stderr(file);
+    }
     cmd.spawn().unwrap()
 }
 
@@ -1067,6 +1165,18 @@ async fn matrix(a: &Args) {
         }
         (raw, minimal)
     };
+    let both = if a.skip_broker || a.skip_store {
+        f64::NAN
+    } else {
+        raw_combined(backlog(small, 1_000), a.batch_size).await
+    };
+    // The same at the large backlog: the broker's queue grows to the backlog's size (nothing
+    // consumes it in the benchmark), which slows the broker itself.
+    let both_large = if a.skip_broker || a.skip_store {
+        f64::NAN
+    } else {
+        raw_combined(backlog(large, 1_000), a.batch_size).await
+    };
     println!(
         "raw broker (lapin, {RAW_WINDOW} outstanding confirms, no Postgres, the relay's message properties): {} msg/s",
         thousands(raw.rate)
@@ -1074,6 +1184,10 @@ async fn matrix(a: &Args) {
     println!(
         "  (same with only delivery_mode and message_id: {} msg/s; \"x raw\" below is against the first)",
         thousands(minimal.rate)
+    );
+    println!(
+        "raw broker and store together (read in seq order, publish, mark; no relay, no ordering): {} events/s (\"x both\" below)",
+        thousands(both)
     );
     if !rtts.is_empty() {
         println!(
@@ -1088,12 +1202,13 @@ async fn matrix(a: &Args) {
     };
     println!();
     println!(
-        "{:>9} {:>10} {:>12} {:>7} {:>7} {:>13} {:>11} {:>12} {:>8} {:>8} {:>7}",
+        "{:>9} {:>10} {:>12} {:>7} {:>7} {:>7} {:>13} {:>11} {:>12} {:>8} {:>8} {:>7}",
         "backlog",
         "aggregates",
         "drain ev/s",
         "x raw",
         "x min",
+        "x both",
         "target",
         "rtt p50 ms",
         "order bound",
@@ -1121,12 +1236,13 @@ async fn matrix(a: &Args) {
         let rtt = rtt_at(aggregates);
         let bound = order_bound(aggregates, &rtt);
         println!(
-            "{:>9} {:>10} {:>12} {:>7.2} {:>7.2} {:>13} {:>11} {:>12} {:>8} {:>8.2} {:>7.1}{}",
+            "{:>9} {:>10} {:>12} {:>7.2} {:>7.2} {:>7.2} {:>13} {:>11} {:>12} {:>8} {:>8.2} {:>7.1}{}",
             thousands(events as f64),
             thousands(aggregates as f64),
             thousands(d.rate),
             x_raw,
             d.rate / minimal.rate,
+            d.rate / if events == large { both_large } else { both },
             target.map_or("-".into(), |t| format!(">= {t} {}", verdict(x_raw >= t))),
             if bound.is_some() {
                 format!("{:.2}", rtt.rtt_p50_ms)
@@ -1145,10 +1261,13 @@ async fn matrix(a: &Args) {
     let ratio = at_large.rate / at_small.rate;
     println!();
     println!(
-        "{} / {} backlog drain rate (1,000 aggregates): {ratio:.2} (target >= 0.8: {})",
+        "{} / {} backlog drain rate (1,000 aggregates): {ratio:.2} (target >= 0.8: {}); the same ratio for broker and store together without the relay: {:.2} ({} / {} events/s)",
         thousands(large as f64),
         thousands(small as f64),
-        verdict(ratio >= 0.8)
+        verdict(ratio >= 0.8),
+        both_large / both,
+        thousands(both_large),
+        thousands(both)
     );
     println!(
         "relay peak RSS during the {} drain: {:.1} MB (target <= 64 MB: {})",
@@ -1242,6 +1361,11 @@ async fn main() {
     } else {
         raw_store(backlog, a.batch_size).await
     };
+    let both = if a.skip_store || a.skip_broker {
+        f64::NAN
+    } else {
+        raw_combined(backlog, a.batch_size).await
+    };
     println!(
         "1. raw broker (lapin, {RAW_WINDOW} outstanding confirms) {:>10} msg/s   (serial confirms: {} msg/s; the relay's message properties)",
         thousands(broker.rate),
@@ -1254,6 +1378,10 @@ async fn main() {
     println!(
         "2. raw store (relay claim + mark SQL, no broker) {:>10} rows/s",
         thousands(store)
+    );
+    println!(
+        "   raw broker and store together (read, publish, mark; no relay) {} events/s",
+        thousands(both)
     );
     if !a.skip_drain {
         let d = relay_drain(backlog, a.batch_size, a.replicas, timeout).await;
@@ -1268,8 +1396,9 @@ async fn main() {
             d.note(a.events)
         );
         println!(
-            "   ({:.2} x the raw broker with minimal properties)",
-            d.rate / minimal.rate
+            "   ({:.2} x the raw broker with minimal properties, {:.2} x broker and store together)",
+            d.rate / minimal.rate,
+            d.rate / both
         );
         println!(
             "   (from the first message in the queue; the relay's start-up before it took {:.2} s, {} events/s with it)",

@@ -34,6 +34,11 @@ for values in tests/packaging/*.yaml; do
 done
 check grep -q 'eks.amazonaws.com/role-arn' "$OUT/sqs-irsa.yaml"
 check grep -q 'helm.sh/hook: pre-install,pre-upgrade' "$OUT/migration-job.yaml"
+# The migrate Job takes the owner's Secret, the pods the runtime role's and its password file.
+check bash -c "awk '/^kind: Job/,/^---/' '$OUT/least-privilege.yaml' | grep -q 'name: relay-owner-db'"
+check bash -c "! awk '/^kind: Deployment/,/^---/' '$OUT/least-privilege.yaml' | grep -q 'relay-owner-db'"
+check grep -q 'secretName: relay-runtime-db-password' "$OUT/least-privilege.yaml"
+check grep -q 'password_file = "/var/run/secrets/outbox-relay/database/password"' "$OUT/least-privilege.yaml"
 check grep -q 'kind: PodDisruptionBudget' "$OUT/rabbitmq.yaml"
 check grep -q 'kind: ServiceMonitor' "$OUT/monitoring.yaml"
 check bash -c "! helm template x helm/outbox-relay >/dev/null 2>&1"   # missing secrets must fail the render

@@ -63,6 +63,17 @@ pub enum Command {
         #[arg(long, value_name = "TIME", conflicts_with = "id", value_parser = parse_since)]
         since: Option<SystemTime>,
     },
+    /// Print the GRANT statements the relay's runtime role and the producers' role need on
+    /// the configured table (run them as the table's owner).
+    #[command(group(ArgGroup::new("roles").required(true).multiple(true).args(["relay_role", "producer_role"])))]
+    Grants {
+        /// The role the relay runs as (run, status, dead list, replay, purge).
+        #[arg(long, value_name = "ROLE")]
+        relay_role: Option<String>,
+        /// The role applications write events with (INSERT only).
+        #[arg(long, value_name = "ROLE")]
+        producer_role: Option<String>,
+    },
     /// Delete dispatched rows older than a duration, in batches.
     Purge {
         /// e.g. `7days`, `12h`.

@@ -72,6 +72,9 @@ pub struct DatabaseConfig {
     /// Timeout for establishing a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// File holding the password (a mounted Secret), used instead of the URL's and read
+    /// again for every new connection, so a rotated password needs no restart.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
@@ -82,6 +85,7 @@ impl Default for DatabaseConfig {
             pool_size: 8,
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
+            password_file: None,
         }
     }
 }

@@ -144,7 +144,13 @@ async fn migrate_is_idempotent_and_supports_schema_qualified_tables() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        versions as usize, files,
+        "one history row per migration file"
+    );
 }
 
 #[tokio::test]

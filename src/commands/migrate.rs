@@ -18,7 +18,9 @@ pub async fn migrate(config: &Config) -> Result<ExitCode, CommandError> {
         "outbox-relay-migrate",
         config.database.connect_timeout,
     )
-    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
+    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?
+    .with_password_file(config.database.password_file.as_deref())
+    .map_err(|e| CommandError::usage(e.to_string()))?;
     let (mut client, _messages) = connector
         .connect_dedicated()
         .await

@@ -2,6 +2,7 @@
 //! Errors are one line for humans and say what to do next.
 
 mod dead;
+mod grants;
 mod migrate;
 mod purge;
 mod replay;
@@ -86,6 +87,10 @@ pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, Comm
             replay::replay(&config, selection).await
         }
         Command::Purge { older_than } => purge::purge(&config, older_than).await,
+        Command::Grants {
+            relay_role,
+            producer_role,
+        } => grants::grants(&config, relay_role.as_deref(), producer_role.as_deref()),
     }
 }
 
@@ -131,7 +136,9 @@ async fn open_outbox(config: &Config) -> Result<(tokio_postgres::Client, TableNa
         "outbox-relay-cli",
         config.database.connect_timeout,
     )
-    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
+    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?
+    .with_password_file(config.database.password_file.as_deref())
+    .map_err(|e| CommandError::usage(e.to_string()))?;
     let (client, _messages) = connector
         .connect_dedicated()
         .await

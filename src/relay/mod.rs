@@ -61,7 +61,8 @@ impl<P: Publisher> Relay<P> {
             config.database.ca_file.as_deref(),
             "outbox-relay",
             config.database.connect_timeout,
-        )?;
+        )?
+        .with_password_file(config.database.password_file.as_deref())?;
         let pool = connector.pool(config.database.pool_size)?;
         let dispatch = if config.retention.dispatched.is_zero() {
             DispatchMode::Delete

@@ -56,6 +56,14 @@ pub enum ConnectError {
         /// Why.
         message: String,
     },
+    /// `database.password_file` cannot be read.
+    #[error("config key `database.password_file`: cannot read {path}: {message}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// Building TLS settings failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -156,6 +164,36 @@ pub struct Connector {
     connect_timeout: Duration,
     /// Every connection of this connector and its clones (pool included) goes through it.
     gate: Gate,
+    /// `database.password_file`, re-read for every new connection.
+    password_file: Option<Arc<PasswordFile>>,
+}
+
+/// A password kept in a file (a mounted Secret), read again for every new connection so a
+/// rotation needs no restart. While the file cannot be read (mid-rotation), the last
+/// password read is used and a warning logged.
+struct PasswordFile {
+    path: PathBuf,
+    last: std::sync::Mutex<String>,
+}
+
+impl PasswordFile {
+    fn read(path: &std::path::Path) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    fn current(&self) -> String {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match Self::read(&self.path) {
+            Ok(password) => *last = password,
+            Err(error) => tracing::warn!(
+                path = %self.path.display(),
+                %error,
+                "cannot read database.password_file; using the password read before"
+            ),
+        }
+        last.clone()
+    }
 }
 
 impl Connector {
@@ -194,7 +232,37 @@ impl Connector {
             tls,
             connect_timeout,
             gate: Gate::new(),
+            password_file: None,
         })
+    }
+
+    /// Takes the password from `path` (`database.password_file`) instead of the URL, read
+    /// now (an unreadable file is an error) and again for every new connection.
+    pub fn with_password_file(
+        mut self,
+        path: Option<&std::path::Path>,
+    ) -> Result<Self, ConnectError> {
+        if let Some(path) = path {
+            let password = PasswordFile::read(path).map_err(|e| ConnectError::PasswordFile {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            self.password_file = Some(Arc::new(PasswordFile {
+                path: path.to_owned(),
+                last: std::sync::Mutex::new(password),
+            }));
+        }
+        Ok(self)
+    }
+
+    /// The connection settings for the next connection (with the password file's current
+    /// content, if there is one).
+    fn settings(&self) -> tokio_postgres::Config {
+        let mut config = self.target.config.clone();
+        if let Some(file) = &self.password_file {
+            config.password(file.current());
+        }
+        config
     }
 
     /// The connection gate shared by this connector's connections.
@@ -287,7 +355,8 @@ impl Connector {
         ),
         ConnectError,
     > {
-        let connect = self.target.config.connect(self.tls.clone());
+        let settings = self.settings();
+        let connect = settings.connect(self.tls.clone());
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(connected)) => Ok(connected),
             Ok(Err(source)) => Err(ConnectError::Postgres {
@@ -319,7 +388,8 @@ impl deadpool_postgres::Connect for GatedConnect {
             let server = connector.server();
             let timeout = connector.connect_timeout;
             let attempt = async {
-                let connect = connector.target.config.connect(connector.tls.clone());
+                let settings = connector.settings();
+                let connect = settings.connect(connector.tls.clone());
                 tokio::time::timeout(timeout, connect)
                     .await
                     // tokio-postgres' own error for a timed-out connect (its constructor is
@@ -495,6 +565,38 @@ impl ServerCertVerifier for IgnoreHostName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_password_file_is_read_for_every_connection_and_survives_a_gap() {
+        let dir = std::env::temp_dir().join(format!("outbox-pw-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("password");
+        std::fs::write(&path, "first\n").unwrap();
+        let connector = Connector::new("postgres://u@h/db", None, "t", Duration::from_secs(1))
+            .unwrap()
+            .with_password_file(Some(&path))
+            .unwrap();
+        assert_eq!(connector.settings().get_password(), Some(&b"first"[..]));
+        // rotated: the next connection uses the new one
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(connector.settings().get_password(), Some(&b"second"[..]));
+        // mid-rotation (file gone): the last one read
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(connector.settings().get_password(), Some(&b"second"[..]));
+    }
+
+    #[test]
+    fn an_unreadable_password_file_names_the_key() {
+        let error = Connector::new("postgres://u@h/db", None, "t", Duration::from_secs(1))
+            .unwrap()
+            .with_password_file(Some(std::path::Path::new("/nonexistent/pw")))
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("database.password_file"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn maps_libpq_sslmodes() {

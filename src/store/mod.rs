@@ -1,6 +1,7 @@
 //! All SQL lives here: migrations, claiming eligible events, settling publish outcomes,
 //! the idle/wake-up protocol, status queries ([`status`]), dead-letter listing and replay
-//! ([`admin`]), retention purges ([`retention`]).
+//! ([`admin`]), retention purges ([`retention`]), the GRANT statements for the relay's and the
+//! producers' roles ([`grants`]).
 //!
 //! The hot path ([`Store::claim`], [`Store::mark_dispatched`], [`Store::record_failures`]) runs
 //! on pooled connections with cached prepared statements. [`enqueue`] takes any client or
@@ -10,6 +11,7 @@ pub mod admin;
 pub mod connect;
 mod event;
 pub mod gate;
+pub mod grants;
 pub mod migrate;
 mod queries;
 pub mod retention;

@@ -96,6 +96,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 [database]
 table = {{ $c.database.table | quote }}
 pool_size = {{ int $c.database.poolSize }}
+{{- if .Values.database.passwordSecret }}
+password_file = "/var/run/secrets/outbox-relay/database/password"
+{{- end }}
 
 [relay]
 mode = {{ $c.relay.mode | quote }}

@@ -1,0 +1,43 @@
+//! `outbox-relay grants`: prints the GRANT statements for the configured table. No database
+//! connection: the database name comes from `database.url`.
+
+use std::process::ExitCode;
+
+use super::CommandError;
+use crate::{
+    config::Config,
+    store::{
+        TableName,
+        connect::parse_url,
+        grants::{self, Roles},
+    },
+};
+
+/// Prints the grants for the given roles.
+pub fn grants(
+    config: &Config,
+    relay: Option<&str>,
+    producer: Option<&str>,
+) -> Result<ExitCode, CommandError> {
+    for (flag, role) in [("--relay-role", relay), ("--producer-role", producer)] {
+        if role.is_some_and(|r| r.trim().is_empty()) {
+            return Err(CommandError::usage(format!("{flag} must name a role")));
+        }
+    }
+    let table = TableName::parse(&config.database.table)
+        .map_err(|e| CommandError::usage(format!("config key `database.table`: {e}")))?;
+    let target = parse_url(&config.database.url)
+        .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
+    // libpq's default database is the user's name.
+    let database = target
+        .config
+        .get_dbname()
+        .or(target.config.get_user())
+        .unwrap_or("postgres");
+    crate::telemetry::out(&grants::statements(
+        &table,
+        database,
+        &Roles { relay, producer },
+    ));
+    Ok(ExitCode::SUCCESS)
+}
