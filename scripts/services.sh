@@ -93,7 +93,13 @@ ensure_sqs() {
   wait_port 4566 "sqs emulator"
 }
 
+# Tools the tests call: openssl makes the certificates of the TLS tests' own servers.
+ensure_tools() {
+  if ! command -v openssl >/dev/null; then log "openssl: installing"; apt_install openssl; fi
+}
+
 ensure_postgres
 ensure_rabbitmq
+ensure_tools
 if [ "$WANT_SQS" = 1 ]; then ensure_sqs; fi
 log "ready"

@@ -27,6 +27,8 @@
 //! - [`ops`]: metrics, the gauge refresher, health state, the HTTP server for `/metrics`,
 //!   `/healthz`, `/readyz`, and the rendering of `status` / `dead list`.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`tls`]: TLS failures in an operator's words (unknown issuer, host name mismatch, ...),
+//!   for Postgres and RabbitMQ alike.
 
 pub mod backoff;
 pub mod broker;
@@ -37,3 +39,4 @@ pub mod ops;
 pub mod relay;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

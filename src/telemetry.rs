@@ -16,11 +16,16 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(config: &LogConfig) {
     // lapin logs every returned message with its full body at WARN; the relay logs the
     // failure itself (with the event ID), so keep lapin to errors unless asked otherwise.
-    let directives = if config.level.contains("lapin") {
-        config.level.clone()
-    } else {
-        format!("{},lapin=error", config.level)
-    };
+    // lapin logs every connection error itself, and rustls-platform-verifier (under lapin)
+    // logs each rejected certificate at ERROR on every attempt: the relay reports both once
+    // per state change, with the cause in words (see `tls`). A level that names them wins.
+    let mut directives = config.level.clone();
+    if !config.level.contains("lapin") {
+        directives.push_str(",lapin=error");
+    }
+    if !config.level.contains("rustls_platform_verifier") {
+        directives.push_str(",rustls_platform_verifier=off");
+    }
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));

@@ -6,9 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{faults::RelayProcess, *};
+use common::{
+    faults::{cli, notify_only_relay},
+    *,
+};
 use uuid::Uuid;
 
 /// Three login roles of one test, dropped with its database.
@@ -74,20 +77,6 @@ impl Roles {
     }
 }
 
-/// Runs a one-shot command of the binary as `url`'s role.
-fn command(url: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OUTBOX_RELAY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("OUTBOX_RELAY_DATABASE__URL", url)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -104,7 +93,7 @@ fn succeeded(out: &Output, what: &str) {
 
 /// `outbox-relay grants` for this test's roles, applied by the owner.
 async fn apply_grants(roles: &Roles) {
-    let out = command(
+    let out = cli(
         &roles.url(&roles.owner),
         &[
             "grants",
@@ -127,7 +116,7 @@ async fn relay_commands_and_producers_run_with_the_printed_grants_only() {
     // GIVEN a schema migrated by a non-superuser owner and the printed grants applied
     let roles = Roles::create().await;
     succeeded(
-        &command(&roles.url(&roles.owner), &["migrate"]),
+        &cli(&roles.url(&roles.owner), &["migrate"]),
         "migrate as owner",
     );
     apply_grants(&roles).await;
@@ -137,30 +126,10 @@ async fn relay_commands_and_producers_run_with_the_printed_grants_only() {
     // AND a relay running as the runtime role that only wakes up on NOTIFY (no polls, no
     // rescans within the test), lingering 1 ms before it sleeps
     let relay_url = roles.url(&roles.relay);
-    let relay = RelayProcess::spawn(&[
-        ("OUTBOX_RELAY_DATABASE__URL", relay_url.clone()),
-        ("OUTBOX_RELAY_BROKER__RABBITMQ__URL", amqp_url()),
-        (
-            "OUTBOX_RELAY_BROKER__RABBITMQ__EXCHANGE",
-            broker.exchange.clone(),
-        ),
-        ("OUTBOX_RELAY_RELAY__MODE", "notify".into()),
-        ("OUTBOX_RELAY_RELAY__POLL_INTERVAL", "1h".into()),
-        ("OUTBOX_RELAY_RELAY__RESCAN_INTERVAL", "1h".into()),
-        ("OUTBOX_RELAY_RELAY__LINGER", "1ms".into()),
-        ("OUTBOX_RELAY_RELAY__LINGER_POLL_INTERVAL", "1ms".into()),
-    ]);
+    let relay = notify_only_relay(&relay_url, &broker.exchange);
     let admin = roles.db.client().await;
-    eventually("the relay announces that it sleeps", || async {
-        admin
-            .query_one(
-                "SELECT pg_sequence_last_value('outbox_events_sleepers') \
-                      > pg_sequence_last_value('outbox_events_wakers')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
+    eventually("the relay announces that it sleeps", || {
+        relay_sleeps(&admin)
     })
     .await;
 
@@ -189,7 +158,7 @@ async fn relay_commands_and_producers_run_with_the_printed_grants_only() {
         vec!["replay", "--all-dead"],
         vec!["purge", "--older-than", "1s"],
     ] {
-        succeeded(&command(&relay_url, &args), &args.join(" "));
+        succeeded(&cli(&relay_url, &args), &args.join(" "));
     }
 
     // AND the producer can read nothing and change nothing but its inserts
@@ -212,13 +181,13 @@ async fn migrate_as_the_runtime_role_names_the_role_it_needs() {
     // GIVEN a schema migrated by the owner and the relay's grants applied
     let roles = Roles::create().await;
     succeeded(
-        &command(&roles.url(&roles.owner), &["migrate"]),
+        &cli(&roles.url(&roles.owner), &["migrate"]),
         "migrate as owner",
     );
     apply_grants(&roles).await;
 
     // WHEN the runtime role runs migrate
-    let out = command(&roles.url(&roles.relay), &["migrate"]);
+    let out = cli(&roles.url(&roles.relay), &["migrate"]);
 
     // THEN it exits 1 with one line naming the owning role
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -247,7 +216,7 @@ async fn migrate_without_create_privilege_says_so_before_touching_anything() {
         .unwrap();
 
     // WHEN it runs migrate
-    let out = command(&roles.url(&roles.relay), &["migrate"]);
+    let out = cli(&roles.url(&roles.relay), &["migrate"]);
 
     // THEN it exits 1 saying which privilege is missing, and no table was created
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

@@ -97,6 +97,19 @@ impl RabbitMqPublisher {
         self
     }
 
+    /// `host:port` of the broker, for messages.
+    fn server(&self) -> String {
+        url::Url::parse(&self.url)
+            .ok()
+            .map(|u| {
+                let port = u
+                    .port()
+                    .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
+                format!("{}:{port}", u.host_str().unwrap_or("localhost"))
+            })
+            .unwrap_or_else(|| "the broker".into())
+    }
+
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Channel)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -241,10 +254,11 @@ impl Publisher for RabbitMqPublisher {
         if let Some(old) = session.take() {
             let _ = old.close(200, ShortString::from("reconnecting")).await;
         }
-        let (connection, channels) = self
-            .open()
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let (connection, channels) = self.open().await.map_err(|e| {
+            PublishError::Unavailable(
+                crate::tls::describe(&e, &self.server()).unwrap_or_else(|| e.to_string()),
+            )
+        })?;
         // Channels still lent out belong to the old generation and are dropped on return.
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *self.idle() = channels.into_iter().map(|c| (generation, c)).collect();

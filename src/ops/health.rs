@@ -17,6 +17,8 @@ pub struct Health {
     /// A database state was reported at least once (the first "down" is logged too).
     database_known: AtomicBool,
     broker_up: AtomicBool,
+    /// A broker state was reported at least once (the first "unavailable" is logged too).
+    broker_known: AtomicBool,
     /// Milliseconds since `epoch` of the last sign of progress (a settled batch or an empty
     /// claim): the liveness probe fails when this is old while work is waiting.
     last_progress_ms: AtomicU64,
@@ -42,6 +44,7 @@ impl Health {
             database_up: AtomicBool::new(false),
             database_known: AtomicBool::new(false),
             broker_up: AtomicBool::new(false),
+            broker_known: AtomicBool::new(false),
             last_progress_ms: AtomicU64::new(0),
             oldest_eligible_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -96,7 +99,8 @@ impl Health {
         self.metrics.broker_up.set(i64::from(up));
         self.causes().broker = detail.to_owned();
         let was = self.broker_up.swap(up, Ordering::SeqCst);
-        if was != up {
+        let known = self.broker_known.swap(true, Ordering::SeqCst);
+        if was != up || !known {
             if up {
                 tracing::info!("broker connected; publishing");
             } else {

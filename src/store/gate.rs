@@ -185,6 +185,9 @@ pub fn describe(error: &tokio_postgres::Error, target: &str, timeout: Duration) 
     if let Some(db) = error.as_db_error() {
         return db.message().to_owned();
     }
+    if let Some(words) = crate::tls::describe(error, target) {
+        return words;
+    }
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -197,9 +200,6 @@ pub fn describe(error: &tokio_postgres::Error, target: &str, timeout: Duration) 
                 }
                 _ => format!("{io} ({target})"),
             };
-        }
-        if cause.downcast_ref::<rustls::Error>().is_some() {
-            return format!("TLS handshake with {target} failed: {cause}");
         }
         source = cause.source();
     }

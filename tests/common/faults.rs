@@ -299,6 +299,43 @@ fn binary_command(envs: &[(&str, String)]) -> Command {
     cmd
 }
 
+/// A one-shot command of the real binary (`status`, `migrate`, ...) against `database_url`,
+/// with nothing of the developer's environment; returns its output.
+pub fn cli(database_url: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OUTBOX_RELAY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("OUTBOX_RELAY_DATABASE__URL", database_url)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The real binary as a relay that wakes up only on NOTIFY (poll and rescan once an hour,
+/// asleep 1 ms after its last work), so a test that sees an event published after the relay
+/// slept proves the wake-up path.
+pub fn notify_only_relay(database_url: &str, exchange: &str) -> RelayProcess {
+    RelayProcess::spawn(&[
+        ("OUTBOX_RELAY_DATABASE__URL", database_url.to_owned()),
+        (
+            "OUTBOX_RELAY_BROKER__RABBITMQ__URL",
+            crate::common::amqp_url(),
+        ),
+        (
+            "OUTBOX_RELAY_BROKER__RABBITMQ__EXCHANGE",
+            exchange.to_owned(),
+        ),
+        ("OUTBOX_RELAY_RELAY__MODE", "notify".into()),
+        ("OUTBOX_RELAY_RELAY__POLL_INTERVAL", "1h".into()),
+        ("OUTBOX_RELAY_RELAY__RESCAN_INTERVAL", "1h".into()),
+        ("OUTBOX_RELAY_RELAY__LINGER", "1ms".into()),
+        ("OUTBOX_RELAY_RELAY__LINGER_POLL_INTERVAL", "1ms".into()),
+    ])
+}
+
 /// The real binary as a child, logging JSON at `info`; its log lines are kept (and echoed to
 /// the test's stderr) so tests can assert what an operator would see.
 pub struct RelayProcess {

@@ -7,6 +7,7 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 pub mod faults;
+pub mod servers;
 pub mod sqs;
 
 use std::{
@@ -112,15 +113,33 @@ impl TestDb {
 
     /// `SELECT count(*) ... WHERE status = $1`.
     pub async fn count(&self, client: &Client, status: &str) -> i64 {
-        client
-            .query_one(
-                "SELECT count(*) FROM outbox_events WHERE status = $1",
-                &[&status],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        count_status(client, status).await
     }
+}
+
+/// Rows of `outbox_events` with this status.
+pub async fn count_status(client: &Client, status: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM outbox_events WHERE status = $1",
+            &[&status],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A relay has announced that it sleeps (and waits for a NOTIFY): sleepers > wakers.
+pub async fn relay_sleeps(client: &Client) -> bool {
+    client
+        .query_one(
+            "SELECT pg_sequence_last_value('outbox_events_sleepers') \
+                  > pg_sequence_last_value('outbox_events_wakers')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 impl Drop for TestDb {
