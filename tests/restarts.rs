@@ -1,7 +1,8 @@
-//! Real restarts: the database server of the test's own is stopped the way a crash or a
-//! failover stops it (`pg_ctl stop -m immediate`) in the middle of a drain, and started again.
-//! Nothing is lost, per-aggregate order holds, the restart costs no attempts and kills no
-//! event, `/readyz` follows the database, and LISTEN wake-ups work afterwards.
+//! Real restarts of servers the tests own: a PostgreSQL cluster stopped the way a crash or a
+//! failover stops it (`pg_ctl stop -m immediate`), and a RabbitMQ node whose application is
+//! stopped and started (`rabbitmqctl stop_app` / `start_app`, as an upgrade does), each in the
+//! middle of a drain. Nothing is lost, per-aggregate order holds, the restart costs no
+//! attempts and kills no event, `/readyz` follows, and LISTEN wake-ups work afterwards.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,11 +10,43 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    faults::{check_first_deliveries, drain_queue, http_get, insert_backlog, notify_only_relay},
-    servers::Cluster,
+    faults::{
+        RelayProcess, check_first_deliveries, drain_queue, http_get, insert_backlog,
+        notify_only_relay,
+    },
+    servers::{Cluster, RabbitNode},
     *,
 };
 use outbox_relay::store::{TableName, migrate::migrate};
+use uuid::Uuid;
+
+/// Stops a server with `stop` until the relay at `addr` reports not ready, starts it with
+/// `start`, and waits until the relay is ready again.
+async fn restart_under(addr: std::net::SocketAddr, stop: impl FnOnce(), start: impl FnOnce()) {
+    stop();
+    eventually("/readyz 503 while the server is down", || async {
+        http_get(addr, "/readyz").await.0 == 503
+    })
+    .await;
+    start();
+    eventually("/readyz 200 after the restart", || async {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+}
+
+/// The most attempts any event has, and how many are dead.
+async fn attempts_and_dead(client: &tokio_postgres::Client) -> (i32, i64) {
+    let row = client
+        .query_one(
+            "SELECT COALESCE(max(attempts), 0), \
+                    count(*) FILTER (WHERE status = 'dead') FROM outbox_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
 
 #[tokio::test]
 async fn a_database_restart_mid_drain_loses_nothing_and_costs_no_attempts() {
@@ -46,18 +79,9 @@ async fn a_database_restart_mid_drain_loses_nothing_and_costs_no_attempts() {
     );
 
     // WHEN the server stops like a crash, stays down until the relay notices, and restarts
-    cluster.stop_immediately();
-    eventually("/readyz 503 while the database is down", || async {
-        http_get(addr, "/readyz").await.0 == 503
-    })
-    .await;
-    cluster.resume();
+    restart_under(addr, || cluster.stop_immediately(), || cluster.resume()).await;
 
-    // THEN the relay is ready again and finishes the drain
-    eventually("/readyz 200 after the restart", || async {
-        http_get(addr, "/readyz").await.0 == 200
-    })
-    .await;
+    // THEN the relay finishes the drain
     eventually("every event dispatched", || async {
         count("dispatched").await == total
     })
@@ -65,18 +89,7 @@ async fn a_database_restart_mid_drain_loses_nothing_and_costs_no_attempts() {
 
     // AND the restart cost no attempts and killed nothing
     let client = connect(&url).await;
-    let (attempts, dead): (i32, i64) = {
-        let row = client
-            .query_one(
-                "SELECT COALESCE(max(attempts), 0), \
-                        count(*) FILTER (WHERE status = 'dead') FROM outbox_events",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
-    assert_eq!((attempts, dead), (0, 0));
+    assert_eq!(attempts_and_dead(&client).await, (0, 0));
 
     // AND a LISTEN wake-up works again: once the relay sleeps, a new event gets out
     eventually("the relay announces that it sleeps", || {
@@ -95,4 +108,55 @@ async fn a_database_restart_mid_drain_loses_nothing_and_costs_no_attempts() {
     let deliveries = check_first_deliveries(&messages, &mut HashMap::new());
     assert_eq!(deliveries.unique as i64, total + 1);
     broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_broker_restart_mid_drain_loses_nothing_and_costs_no_attempts() {
+    // GIVEN a RabbitMQ node of the test's own with a durable queue, and 20,000 events over
+    // 100 aggregates
+    let rabbit = RabbitNode::start();
+    let id = Uuid::new_v4().simple().to_string();
+    let (exchange, queue) = (format!("restart-{id}"), format!("restart-q-{id}"));
+    let broker = TestBroker::attach(&rabbit.url(), &exchange, &queue, true).await;
+    broker.bind("#").await;
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    insert_backlog(&client, "agg", 100, 200).await;
+    let total = 20_000_i64;
+
+    // AND a relay draining it to that node
+    let relay = RelayProcess::spawn(&[
+        ("OUTBOX_RELAY_DATABASE__URL", db.url.clone()),
+        ("OUTBOX_RELAY_BROKER__RABBITMQ__URL", rabbit.url()),
+        ("OUTBOX_RELAY_BROKER__RABBITMQ__EXCHANGE", exchange.clone()),
+    ]);
+    let addr = relay.http_addr().await;
+    eventually("the drain under way", || async {
+        db.count(&client, "dispatched").await > 0
+    })
+    .await;
+    assert!(
+        db.count(&client, "pending").await > 0,
+        "the drain ended before the restart"
+    );
+
+    // WHEN the broker's application stops until the relay notices, then starts again
+    drop(broker);
+    restart_under(addr, || rabbit.stop_app(), || rabbit.start_app()).await;
+
+    // THEN the relay finishes the drain
+    eventually("every event dispatched", || async {
+        db.count(&client, "dispatched").await == total
+    })
+    .await;
+
+    // AND the restart cost no attempts and killed nothing
+    assert_eq!(attempts_and_dead(&client).await, (0, 0));
+
+    // AND every event is in the durable queue, in order per aggregate
+    drop(relay);
+    let broker = TestBroker::attach(&rabbit.url(), &exchange, &queue, true).await;
+    let messages = drain_queue(&broker).await;
+    let deliveries = check_first_deliveries(&messages, &mut HashMap::new());
+    assert_eq!(deliveries.unique as i64, total);
 }

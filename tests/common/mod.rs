@@ -205,13 +205,24 @@ pub struct TestBroker {
 impl TestBroker {
     /// Declares the exchange (durable topic, as the relay does) and no queue yet.
     pub async fn new() -> Self {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        let id = Uuid::new_v4().simple().to_string();
+        Self::attach(
+            &amqp_url(),
+            &format!("outbox-test-{id}"),
+            &format!("outbox-test-q-{id}"),
+            false,
+        )
+        .await
+    }
+
+    /// Connects to the broker at `url` and declares `exchange` and `queue` (a `durable` queue
+    /// survives a broker restart); attaching again after a restart finds them.
+    pub async fn attach(url: &str, exchange: &str, queue: &str, durable: bool) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
-        let id = Uuid::new_v4().simple().to_string();
-        let exchange = format!("outbox-test-{id}");
-        let queue = format!("outbox-test-q-{id}");
+        let (exchange, queue) = (exchange.to_owned(), queue.to_owned());
         channel
             .exchange_declare(
                 exchange.as_str().into(),
@@ -230,6 +241,7 @@ impl TestBroker {
                 queue.as_str().into(),
                 QueueDeclareOptions {
                     auto_delete: false,
+                    durable,
                     ..Default::default()
                 },
                 FieldTable::default(),

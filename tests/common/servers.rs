@@ -1,7 +1,8 @@
 //! Servers a test owns, so it may break, restart or reconfigure them without disturbing the
 //! shared ones: a PostgreSQL cluster of its own (`initdb` into a temporary directory, its own
-//! port, optionally TLS), certificates made with the `openssl` command, and a TLS terminator
-//! in front of the shared RabbitMQ (an `amqps://` endpoint).
+//! port, optionally TLS), a RabbitMQ node of its own (own node name and ports), certificates
+//! made with the `openssl` command, and a TLS terminator in front of the shared RabbitMQ (an
+//! `amqps://` endpoint).
 
 use std::{
     net::SocketAddr,
@@ -106,6 +107,116 @@ pub struct Cluster {
     _dir: Scratch,
 }
 
+fn is_root() -> bool {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        == "0"
+}
+
+/// Runs `program` as `user` when we are root (the servers refuse root, or their files
+/// belong to that user), else as ourselves.
+fn as_user(user: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", user, "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A RabbitMQ node of the test's own on free ports (the shared node's installation, its own
+/// node name, data and configuration), so a test may stop and start it. Halted on drop.
+pub struct RabbitNode {
+    pub port: u16,
+    node: String,
+    _dir: Scratch,
+}
+
+impl RabbitNode {
+    pub fn start() -> Self {
+        let dir = Scratch::new("outbox-rabbit");
+        let d = &dir.0;
+        let port = free_port();
+        let node = format!(
+            "outbox{}@localhost",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap();
+        run(Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(d));
+        run(as_user("rabbitmq", "env")
+            .arg("HOME=/var/lib/rabbitmq")
+            .arg("RABBITMQ_CONF_ENV_FILE=/dev/null")
+            .arg(format!("RABBITMQ_NODENAME={node}"))
+            .arg(format!("RABBITMQ_DIST_PORT={}", free_port()))
+            .arg(format!(
+                "RABBITMQ_MNESIA_BASE={}",
+                d.join("mnesia").display()
+            ))
+            .arg(format!("RABBITMQ_LOG_BASE={}", d.join("log").display()))
+            .arg(format!(
+                "RABBITMQ_CONFIG_FILE={}",
+                d.join("rabbitmq").display()
+            ))
+            .arg(format!(
+                "RABBITMQ_ENABLED_PLUGINS_FILE={}",
+                d.join("enabled_plugins").display()
+            ))
+            .arg(format!("RABBITMQ_PID_FILE={}", d.join("pid").display()))
+            .args(["/usr/lib/rabbitmq/bin/rabbitmq-server", "-detached"]));
+        let pid_file = d.join("pid").display().to_string();
+        let rabbit = Self {
+            port,
+            node,
+            _dir: dir,
+        };
+        // `wait` follows the pid file until the node has booted (await_startup needs a node
+        // that is already reachable).
+        rabbit.ctl(&["wait", &pid_file, "--timeout", "120"]);
+        rabbit
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        run(as_user("rabbitmq", "env")
+            .args(["HOME=/var/lib/rabbitmq", "RABBITMQ_CONF_ENV_FILE=/dev/null"])
+            .args(["rabbitmqctl", "-n", &self.node])
+            .args(args));
+    }
+
+    /// Stops the RabbitMQ application (what an upgrade or a restart does to clients: every
+    /// connection closed, the port closed); the node and its durable queues stay.
+    pub fn stop_app(&self) {
+        self.ctl(&["stop_app"]);
+    }
+
+    /// Starts the application again and waits until it serves.
+    pub fn start_app(&self) {
+        self.ctl(&["start_app"]);
+        self.ctl(&["await_startup", "--timeout", "120"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = as_user("rabbitmq", "env")
+            .args(["HOME=/var/lib/rabbitmq", "RABBITMQ_CONF_ENV_FILE=/dev/null"])
+            .args(["rabbitmqctl", "-n", &self.node, "stop"])
+            .output();
+    }
+}
+
 /// Runs a PostgreSQL server binary as the `postgres` user when we are root (they refuse to
 /// run as root), else as ourselves.
 fn pg_command(binary: &str) -> Command {
@@ -117,18 +228,7 @@ fn pg_command(binary: &str) -> Command {
             .stdout,
     )
     .unwrap();
-    let path = Path::new(bindir.trim()).join(binary);
-    let root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        == "0";
-    if root {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(path);
-        cmd
-    } else {
-        Command::new(path)
-    }
+    as_user("postgres", Path::new(bindir.trim()).join(binary))
 }
 
 impl Cluster {
