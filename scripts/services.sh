@@ -55,6 +55,8 @@ ensure_postgres() {
     # Tests and the demo connect as postgres over TCP without a password.
     local hba="/etc/postgresql/$version/main/pg_hba.conf"
     $SUDO sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+    # apt may have started the cluster already: make it read the new pg_hba.conf.
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
   fi
   log "postgres: starting cluster $version/main"
   $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true

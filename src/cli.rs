@@ -14,7 +14,13 @@ use uuid::Uuid;
 #[command(name = "outbox-relay", version, about)]
 pub struct Cli {
     /// TOML configuration file (keys can be overridden by `OUTBOX_RELAY_<SECTION>__<KEY>`).
-    #[arg(long, global = true, env = "OUTBOX_RELAY_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "OUTBOX_RELAY_CONFIG",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
 
     /// What to do.

@@ -32,6 +32,8 @@ pub fn init(config: &LogConfig) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(|| Lossy(std::io::stderr()))
+        // Colours only on a terminal: a file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false);
     let _ = match config.format {
         LogFormat::Json => builder
