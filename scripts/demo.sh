@@ -51,4 +51,4 @@ done
 sleep 0.5
 dispatched=$(sql -tAc "SELECT count(*) FROM outbox_events WHERE seq > $start AND status = 'dispatched'")
 echo "[demo] done: $n events written, $dispatched published and marked dispatched (database $DB, exchange outbox)." >&2
-echo "[demo] next: outbox-relay status (OUTBOX_RELAY_DATABASE__URL=$OUTBOX_RELAY_DATABASE__URL), the README's Configuration section." >&2
+echo "[demo] next: outbox-relay status (OUTBOX_RELAY_DATABASE__URL=$OUTBOX_RELAY_DATABASE__URL), docs/configuration.md." >&2

@@ -1,7 +1,7 @@
 //! Configuration: figment layering (built-in defaults -> TOML file -> `OUTBOX_RELAY_*` env),
 //! validation that names the offending key, and secret redaction for display.
 //!
-//! Every key has a default that works against the local services the README's quick start
+//! Every key has a default that works against the local services the quick start (`scripts/demo.sh`)
 //! brings up, so `outbox-relay run` with no file is a valid local setup.
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
