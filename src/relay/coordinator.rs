@@ -25,7 +25,7 @@ use std::{
 };
 
 use tokio::sync::{mpsc::UnboundedReceiver, watch};
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::ReconnectBackoff;
@@ -33,6 +33,7 @@ use crate::ops::{health::Health, metrics::Metrics};
 use crate::store::{
     TableName,
     connect::{ConnectError, Connector},
+    coordination::LockSession,
 };
 
 /// Advisory-lock class ids (high 32 bits of the key; the low 32 bits are the table's oid).
@@ -201,10 +202,10 @@ impl CoordinationError {
 }
 
 struct Session {
-    client: Client,
+    /// The advisory locks of this replica (the SQL lives in the store).
+    locks: LockSession,
     /// Ends when the connection closes: the locks are gone from that moment.
     messages: UnboundedReceiver<AsyncMessage>,
-    oid: i64,
     /// Buckets locked and offered to the pipeline.
     owned: BTreeSet<i32>,
     /// Buckets still locked but no longer offered, with the deadline to unlock them anyway.
@@ -350,40 +351,16 @@ async fn serve(
     }
 }
 
-fn key(class: i64, oid: i64) -> i64 {
-    (class << 32) | oid
-}
-
 async fn open(
     connector: &Connector,
     table: &TableName,
     config: &CoordinatorConfig,
 ) -> Result<Session, CoordinationError> {
     let (client, messages) = connector.connect_dedicated().await?;
-    // Let the server notice a vanished relay within ~25 s, so its buckets move on.
-    client
-        .batch_execute(
-            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
-             SET tcp_keepalives_count = 3; SET application_name = 'outbox-relay-coordinator'",
-        )
-        .await?;
-    // Also when the server has unacknowledged data for a vanished client (PostgreSQL 12+;
-    // older servers keep the default).
-    let _ = client.batch_execute("SET tcp_user_timeout = 25000").await;
-    let oid: i64 = client
-        .query_one("SELECT $1::text::regclass::oid::int8", &[&table.regclass()])
-        .await?
-        .get(0);
+    let locks = LockSession::open(client, table).await?;
     let mut slot = None;
     for candidate in 0..MAX_MEMBERS {
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1)",
-                &[&key(NS_MEMBER + candidate, oid)],
-            )
-            .await?
-            .get(0);
-        if got {
+        if locks.try_lock(NS_MEMBER + candidate).await? {
             slot = Some(candidate);
             break;
         }
@@ -393,16 +370,12 @@ async fn open(
     }
     // Every replica holds a shared lock on a key derived from its bucket count, so replicas
     // configured differently see each other.
-    client
-        .execute(
-            "SELECT pg_advisory_lock_shared($1)",
-            &[&key(NS_COUNT + i64::from(config.buckets), oid)],
-        )
+    locks
+        .lock_shared(NS_COUNT + i64::from(config.buckets))
         .await?;
     Ok(Session {
-        client,
+        locks,
         messages,
-        oid,
         owned: BTreeSet::new(),
         releasing: BTreeMap::new(),
         members_seen: 0,
@@ -416,21 +389,9 @@ async fn tick(
     in_flight: &InFlight,
 ) -> Result<(), CoordinationError> {
     let lease_start = Instant::now();
-    let row = session
-        .client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE classid::int8 BETWEEN $2 AND $2 + 65535), \
-                    count(DISTINCT classid) FILTER (WHERE classid::int8 BETWEEN $3 AND $3 + 65535) \
-             FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
-               AND objid::int8 = $1 \
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&session.oid, &NS_MEMBER, &NS_COUNT],
-        )
-        .await?;
-    let members: i64 = row.get::<_, i64>(0).max(1);
+    let (members, counts) = session.locks.census(NS_MEMBER, NS_COUNT).await?;
+    let members = members.max(1);
     let members_before = session.members_seen;
-    let counts: i64 = row.get(1);
     let before = session.owned.len();
     session.members_seen = members;
 
@@ -475,15 +436,11 @@ async fn tick(
             if session.owned.contains(&bucket) {
                 continue;
             }
-            let got: bool = session
-                .client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1)",
-                    &[&key(NS_BUCKET + i64::from(bucket), session.oid)],
-                )
+            if session
+                .locks
+                .try_lock(NS_BUCKET + i64::from(bucket))
                 .await?
-                .get(0);
-            if got {
+            {
                 session.owned.insert(bucket);
             }
         }
@@ -536,13 +493,7 @@ async fn finish_releases(
         );
     }
     for (b, _) in done {
-        session
-            .client
-            .execute(
-                "SELECT pg_advisory_unlock($1)",
-                &[&key(NS_BUCKET + i64::from(b), session.oid)],
-            )
-            .await?;
+        session.locks.unlock(NS_BUCKET + i64::from(b)).await?;
         session.releasing.remove(&b);
     }
     Ok(())

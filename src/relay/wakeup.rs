@@ -54,8 +54,7 @@ pub async fn listen(
         };
         match connected {
             Ok((client, mut messages)) => {
-                let listen = format!("LISTEN \"{}\"", table.name());
-                if let Err(error) = client.batch_execute(&listen).await {
+                if let Err(error) = crate::store::listen(&client, &table).await {
                     tracing::warn!(%error, "LISTEN failed; retrying");
                 } else {
                     if !first {

@@ -1,6 +1,7 @@
 //! All SQL lives here: migrations, claiming eligible events, settling publish outcomes,
 //! the idle/wake-up protocol, status queries ([`status`]), dead-letter listing and replay
-//! ([`admin`]), retention purges ([`retention`]), the GRANT statements for the relay's and the
+//! ([`admin`]), retention purges ([`retention`]), the advisory locks of replica coordination
+//! ([`coordination`]), the GRANT statements for the relay's and the
 //! producers' roles ([`grants`]).
 //!
 //! The hot path ([`Store::claim`], [`Store::mark_dispatched`], [`Store::record_failures`]) runs
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod connect;
+pub mod coordination;
 mod event;
 pub mod gate;
 pub mod grants;
@@ -274,6 +276,15 @@ impl Store {
         client.execute(&self.sql.announce_wake, &[]).await?;
         Ok(())
     }
+}
+
+/// Subscribes `client` (a dedicated connection) to the table's NOTIFY channel, named after
+/// the table: the producers' trigger notifies it while a relay sleeps.
+pub async fn listen(client: &tokio_postgres::Client, table: &TableName) -> Result<(), StoreError> {
+    client
+        .batch_execute(&format!("LISTEN \"{}\"", table.name()))
+        .await?;
+    Ok(())
 }
 
 /// Inserts an event through any client or transaction (for applications and tests); returns
