@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Publisher,
+    broker::{PublishError, Publisher},
     config::{Config, RelayMode},
     ops::{health::Health, metrics::Metrics},
     store::{
@@ -70,6 +70,7 @@ impl<P: Publisher> Relay<P> {
         };
         let gate = connector.gate().clone();
         let metrics = Arc::new(Metrics::new());
+        metrics.export_known_labels(&PublishError::REASONS, &publisher.destinations());
         connector.gate().count_into(AttemptCounters {
             ok: metrics.attempts("database", true),
             error: metrics.attempts("database", false),
@@ -130,6 +131,7 @@ impl<P: Publisher> Relay<P> {
                 older_than: self.config.retention.dispatched,
                 batch: i64::try_from(self.config.retention.batch_size).unwrap_or(i64::MAX),
                 interval: self.config.retention.interval,
+                deleted: self.metrics.retention_deleted.clone(),
             },
             background.clone(),
         ));

@@ -417,6 +417,29 @@ pub fn start_relay_with<P: Publisher>(config: &Config, publisher: P) -> RunningR
     }
 }
 
+/// Serves the relay's `/metrics`, `/healthz`, `/readyz` on 127.0.0.1:<random> until `stop`.
+pub async fn serve_ops(relay: &RunningRelay, stop: &CancellationToken) -> std::net::SocketAddr {
+    outbox_relay::ops::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        relay.health.clone(),
+        relay.metrics.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+/// [`serve_ops`], then awaits `/readyz` answering 200 (database and broker connected).
+pub async fn serve_ready(relay: &RunningRelay, stop: &CancellationToken) -> std::net::SocketAddr {
+    let addr = serve_ops(relay, stop).await;
+    eventually("ready", || async {
+        faults::http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    addr
+}
+
 /// Awaits `condition` (polled every 20 ms, up to [`PATIENCE`]).
 pub async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
