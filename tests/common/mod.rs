@@ -7,6 +7,7 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 pub mod faults;
+pub mod prometheus;
 pub mod sqs;
 
 use std::{
