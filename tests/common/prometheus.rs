@@ -50,8 +50,14 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -112,10 +118,13 @@ impl Prometheus {
 
     async fn api(&self, path: &str) -> Vec<Value> {
         let (code, body) = get(self.addr, path).await.expect("prometheus unreachable");
-        let doc: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{path}: {e}: {code} {body}"));
+        let doc: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {code} {body}"));
         assert_eq!(doc["status"], "success", "{path}: {body}");
-        doc["data"]["result"].as_array().cloned().unwrap_or_default()
+        doc["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
