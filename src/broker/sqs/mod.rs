@@ -350,6 +350,8 @@ mod tests {
         assert_eq!(p.destination(&event("order")), "orders");
         assert_eq!(p.destination(&event("invoice")), "invoices.fifo");
         assert_eq!(p.queues().len(), 2);
+        // Every destination label, exported at 0 from start-up.
+        assert_eq!(p.destinations(), ["invoices.fifo", "orders"]);
 
         config.queue_url = String::new();
         let p = publisher(&config);
