@@ -96,6 +96,21 @@ fn dashboard_queries() -> Vec<PanelQuery> {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            continue;
+        }
+        // Every panel says what to do when it is red, and has a unit.
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            panel["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("Red")),
+            "panel {title:?} has no description of what to do when it is red"
+        );
+        assert!(
+            panel["fieldConfig"]["defaults"]["unit"].is_string(),
+            "panel {title:?} has no unit"
+        );
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"]
                 .as_str()

@@ -72,9 +72,9 @@ pub struct Metrics {
     /// `outbox_dead_events{aggregate_type}`
     pub dead_events: Family<AggregateTypeLabel, Gauge>,
     /// `outbox_oldest_pending_age_seconds`
-    pub oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub oldest_pending_age: AgeGauge,
     /// `outbox_oldest_eligible_age_seconds`
-    pub oldest_eligible_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub oldest_eligible_age: AgeGauge,
     /// `outbox_oldest_pending_age_by_type_seconds{aggregate_type}`: the unlabelled gauge
     /// above per aggregate type (a second family, so the unlabelled series the alerts and
     /// dashboards aggregate keeps its meaning).
