@@ -3,6 +3,10 @@
 //! the table, and tells the health state how long the oldest eligible event has been waiting
 //! (the input of the wedged check behind `/healthz`).
 //!
+//! With the status page on (`metrics.status_page`), the same tick reads the full status
+//! (the backlog plus failure reasons, the next retry and the retained dispatched count; with
+//! `details` also the ten latest dead events) into the [`Snapshot`] the page serves.
+//!
 //! A failed refresh is logged at debug (a lost database is reported once by the relay's
 //! health state) and keeps the previous values until the next tick succeeds.
 
@@ -14,8 +18,15 @@ use tokio_util::sync::CancellationToken;
 use super::{
     health::Health,
     metrics::{AggregateTypeLabel, Metrics},
+    snapshot::Snapshot,
 };
-use crate::store::{StoreError, TableName, status};
+use crate::{
+    config::StatusPage,
+    store::{StoreError, TableName, admin, status},
+};
+
+/// Dead events on the `details` page.
+const LATEST_DEAD: i64 = 10;
 
 /// Refreshes the table-derived gauges until `shutdown` (first refresh at start-up).
 pub async fn refresh_loop(
@@ -23,9 +34,10 @@ pub async fn refresh_loop(
     table: TableName,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    interval: Duration,
+    snapshot: Arc<Snapshot>,
     shutdown: CancellationToken,
 ) {
+    let interval = snapshot.refresh;
     let mut seen: HashSet<String> = HashSet::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,7 +47,7 @@ pub async fn refresh_loop(
             _ = shutdown.cancelled() => return,
         }
         let backlog = tokio::select! {
-            backlog = read_backlog(&pool, &table) => backlog,
+            backlog = read(&pool, &table, &metrics, &health, &snapshot) => backlog,
             _ = shutdown.cancelled() => return,
         };
         match backlog {
@@ -52,9 +64,28 @@ pub async fn refresh_loop(
     }
 }
 
-async fn read_backlog(pool: &Pool, table: &TableName) -> Result<status::Backlog, StoreError> {
+/// The backlog; with the page on, the full status too, stored in `snapshot`.
+async fn read(
+    pool: &Pool,
+    table: &TableName,
+    metrics: &Metrics,
+    health: &Health,
+    snapshot: &Snapshot,
+) -> Result<status::Backlog, StoreError> {
     let client = pool.get().await?;
-    status::backlog(&**client, table).await
+    if snapshot.page == StatusPage::Off {
+        return status::backlog(&**client, table).await;
+    }
+    let full = status::status(&**client, table).await?;
+    let dead = match snapshot.page {
+        StatusPage::Details => {
+            Some(admin::latest_dead_events(&**client, table, LATEST_DEAD).await?)
+        }
+        _ => None,
+    };
+    let backlog = full.backlog.clone();
+    snapshot.update(full, dead, metrics, health);
+    Ok(backlog)
 }
 
 /// Sets the gauges from a backlog snapshot. `seen` holds the aggregate types set last time:

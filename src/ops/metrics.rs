@@ -84,6 +84,9 @@ pub struct Metrics {
     pub oldest_eligible_age_by_type: Family<AggregateTypeLabel, AgeGauge>,
     /// `outbox_retention_deleted_total`: dispatched rows deleted by this relay's retention.
     pub retention_deleted: Counter,
+    /// Events confirmed, all destinations together. Not exported (the per-destination
+    /// `outbox_events_published_total` is); it feeds the status page's publish rate.
+    pub confirmed: Counter,
     /// `outbox_owned_buckets`: buckets this replica owns (of `relay.buckets`).
     pub owned_buckets: Gauge,
     /// `outbox_relays`: live relays on this table, as seen by this one.
@@ -240,6 +243,7 @@ impl Metrics {
             oldest_pending_age_by_type,
             oldest_eligible_age_by_type,
             retention_deleted,
+            confirmed: Counter::default(),
         };
         metrics.set_placeholder(true);
         metrics

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{PublishError, Publisher},
     config::{Config, RelayMode},
-    ops::{health::Health, metrics::Metrics},
+    ops::{health::Health, metrics::Metrics, snapshot::Snapshot},
     store::{
         DispatchMode, Store, StoreError, TableName,
         connect::{ConnectError, Connector},
@@ -50,6 +50,7 @@ pub struct Relay<P: Publisher> {
     publisher: Arc<P>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    snapshot: Arc<Snapshot>,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -76,7 +77,13 @@ impl<P: Publisher> Relay<P> {
             error: metrics.attempts("database", false),
         });
         let health = Arc::new(Health::new(metrics.clone(), config.metrics.wedged_after));
+        let snapshot = Arc::new(Snapshot::new(
+            config.metrics.status_page,
+            config.metrics.refresh_interval,
+            config.relay.buckets,
+        ));
         Ok(Self {
+            snapshot,
             config: config.clone(),
             connector,
             store: Store::new(pool, table, dispatch).with_gate(gate),
@@ -94,6 +101,11 @@ impl<P: Publisher> Relay<P> {
     /// The health state.
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
+    }
+
+    /// The status snapshot (serve it with [`crate::ops::server::serve`]).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
     }
 
     /// The store.
@@ -119,7 +131,7 @@ impl<P: Publisher> Relay<P> {
             self.store.table().clone(),
             self.metrics.clone(),
             self.health.clone(),
-            self.config.metrics.refresh_interval,
+            self.snapshot.clone(),
             background.clone(),
         ));
         // Also with `retention.dispatched = 0s` (delete on dispatch): then it removes rows

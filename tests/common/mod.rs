@@ -28,7 +28,7 @@ use lapin::{
 use outbox_relay::{
     broker::{Publisher, rabbitmq::RabbitMqPublisher},
     config::{Config, RelayMode},
-    ops::{health::Health, metrics::Metrics},
+    ops::{health::Health, metrics::Metrics, snapshot::Snapshot},
     relay::Relay,
     store::{TableName, connect::Connector, migrate::migrate},
 };
@@ -380,6 +380,7 @@ pub struct RunningRelay {
     pub handle: JoinHandle<()>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub snapshot: Arc<Snapshot>,
 }
 
 impl RunningRelay {
@@ -405,6 +406,7 @@ pub fn start_relay_with<P: Publisher>(config: &Config, publisher: P) -> RunningR
     let relay = Relay::new(config, publisher).unwrap();
     let metrics = relay.metrics();
     let health = relay.health();
+    let snapshot = relay.snapshot();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let handle = tokio::spawn(async move {
@@ -415,6 +417,7 @@ pub fn start_relay_with<P: Publisher>(config: &Config, publisher: P) -> RunningR
         handle,
         metrics,
         health,
+        snapshot,
     }
 }
 
@@ -424,6 +427,7 @@ pub async fn serve_ops(relay: &RunningRelay, stop: &CancellationToken) -> std::n
         "127.0.0.1:0".parse().unwrap(),
         relay.health.clone(),
         relay.metrics.clone(),
+        relay.snapshot.clone(),
         stop.clone(),
     )
     .await
