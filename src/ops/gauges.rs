@@ -59,7 +59,10 @@ pub async fn refresh_loop(
                         .map(Duration::from_secs_f64),
                 );
             }
-            Err(error) => tracing::debug!(%error, "gauge refresh failed; keeping old values"),
+            Err(error) => {
+                tracing::debug!(%error, "gauge refresh failed; keeping old values");
+                snapshot.update_view(&metrics, &health);
+            }
         }
     }
 }

@@ -41,9 +41,11 @@ pub fn render(doc: &StatusDocument, refresh_seconds: u64) -> String {
          <meta http-equiv=\"refresh\" content=\"{refresh_seconds}\">\
          <title>outbox-relay: {table}</title><style>{STYLE}</style></head><body>\
          <h1>outbox-relay <span id=\"version\">{version}</span> &middot; \
-         <code id=\"table\">{table}</code></h1>",
+         <code id=\"table\">{table}</code></h1>\
+         <p class=\"muted\">Figures as of <span id=\"read-at\">{read_at}</span>.</p>",
         table = escape(&s.table),
         version = escape(&doc.version),
+        read_at = escape(&doc.read_at),
     );
     out.push_str("<table id=\"summary\">");
     let rows = [

@@ -23,6 +23,8 @@ use crate::{
 pub struct StatusDocument {
     /// The relay's version.
     pub version: String,
+    /// When the table was read (RFC 3339, UTC): on the page, how fresh the figures are.
+    pub read_at: String,
     /// The table's status (flattened into the top level).
     #[serde(flatten)]
     pub status: Status,
@@ -38,6 +40,7 @@ impl StatusDocument {
     pub fn of(status: Status) -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            read_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             status,
             relay: None,
             latest_dead: None,
@@ -110,9 +113,32 @@ impl Snapshot {
         metrics: &Metrics,
         health: &Health,
     ) {
+        let relay = self.view(status.backlog.pending, metrics, health);
+        let document = StatusDocument {
+            relay: Some(relay),
+            latest_dead,
+            ..StatusDocument::of(status)
+        };
+        *self.document.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(document));
+    }
+
+    /// After a failed refresh: keeps the last figures (their `read_at` says how old they
+    /// are) but shows the relay's current view, e.g. the database down.
+    pub fn update_view(&self, metrics: &Metrics, health: &Health) {
+        let mut slot = self.document.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.as_ref() {
+            let relay = self.view(old.status.backlog.pending, metrics, health);
+            let document = StatusDocument {
+                relay: Some(relay),
+                ..old.as_ref().clone()
+            };
+            *slot = Some(Arc::new(document));
+        }
+    }
+
+    fn view(&self, pending: i64, metrics: &Metrics, health: &Health) -> RelayView {
         let rate = self.publish_rate(metrics.confirmed.get(), Instant::now());
-        let pending = status.backlog.pending;
-        let relay = RelayView {
+        RelayView {
             owned_buckets: metrics.owned_buckets.get(),
             buckets: self.buckets,
             relays: metrics.relays.get(),
@@ -121,13 +147,7 @@ impl Snapshot {
             not_ready: health.not_ready_reason(),
             publish_rate_per_second: rate,
             time_to_drain_seconds: time_to_drain(pending, rate),
-        };
-        let document = StatusDocument {
-            relay: Some(relay),
-            latest_dead,
-            ..StatusDocument::of(status)
-        };
-        *self.document.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(document));
+        }
     }
 
     /// Records the confirmed total at `now`; the rate over the samples within the window.
@@ -174,6 +194,35 @@ mod tests {
         // Samples older than the window no longer count.
         let rate = snapshot.publish_rate(130, start + Duration::from_secs(75));
         assert_eq!(rate, 0.0);
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_figures_and_shows_the_connections() {
+        // GIVEN a snapshot of three pending events taken while the database was up
+        let metrics = Arc::new(Metrics::new());
+        let health = Health::new(metrics.clone(), Duration::from_secs(300));
+        health.set_database_up(true, "");
+        let snapshot = Snapshot::new(StatusPage::Summary, Duration::from_secs(5), 64);
+        let mut status = Status::default();
+        status.backlog.pending = 3;
+        snapshot.update(status, None, &metrics, &health);
+
+        // WHEN the database goes away and the next refresh fails
+        health.set_database_up(false, "connection refused");
+        snapshot.update_view(&metrics, &health);
+
+        // THEN the figures stay, and the relay's view says the database is down, and why
+        let doc = snapshot.get().unwrap();
+        assert_eq!(doc.status.backlog.pending, 3);
+        let relay = doc.relay.as_ref().unwrap();
+        assert!(!relay.database_up);
+        assert!(
+            relay
+                .not_ready
+                .as_deref()
+                .unwrap()
+                .contains("connection refused")
+        );
     }
 
     #[test]
