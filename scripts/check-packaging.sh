@@ -4,6 +4,7 @@
 #    and the rendered manifests validate offline against the Kubernetes schemas;
 #  - secrets never land in the ConfigMap; the pods are hardened;
 #  - the Prometheus rules (config/ and the chart's PrometheusRule) pass promtool;
+#  - the Grafana dashboard ships as a ConfigMap when grafanaDashboard.enabled=true;
 #  - the Dockerfile passes hadolint and keeps its promises (pinned bases, --locked build,
 #    exec-form ENTRYPOINT, non-root user, no baked-in config).
 set -euo pipefail
@@ -41,6 +42,17 @@ check grep -q 'secretName: relay-runtime-db-password' "$OUT/least-privilege.yaml
 check grep -q 'password_file = "/var/run/secrets/outbox-relay/database/password"' "$OUT/least-privilege.yaml"
 check grep -q 'kind: PodDisruptionBudget' "$OUT/rabbitmq.yaml"
 check grep -q 'kind: ServiceMonitor' "$OUT/monitoring.yaml"
+check bash -c "! grep -q 'grafana_dashboard' '$OUT/rabbitmq.yaml'"   # off by default
+# The dashboard ConfigMap: labelled for the Grafana sidecar, carrying the JSON in config/.
+check "$PWD/.tools/venv/bin/python" - "$OUT/monitoring.yaml" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "ConfigMap"
+        and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+assert len(docs) == 1, f"{len(docs)} dashboard ConfigMaps"
+shipped = json.loads(docs[0]["data"]["outbox-relay.json"])
+assert shipped == json.load(open("config/grafana/outbox-relay.json")), "dashboard differs from config/"
+assert docs[0]["metadata"]["annotations"]["grafana_folder"] == "Outbox"
+PY
 check bash -c "! helm template x helm/outbox-relay >/dev/null 2>&1"   # missing secrets must fail the render
 
 echo "== rendered config.toml is accepted by the relay"

@@ -2,7 +2,9 @@
 # Brings up the services the relay's tests and demo need, on this machine:
 #   PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth for local TCP),
 #   RabbitMQ on 127.0.0.1:5672 (guest/guest),
-#   an SQS emulator (moto) on 127.0.0.1:4566 (pass --no-sqs to skip it).
+#   an SQS emulator (moto) on 127.0.0.1:4566 (pass --no-sqs to skip it),
+#   and the tools the monitoring tests run: Debian's prometheus (prometheus + promtool; the
+#   tests start their own server on a free port) and chromium (the status page test).
 # A service already listening on its port is left alone; an installed but stopped one is
 # started; a missing one is installed (apt-get / pip). Idempotent; safe to run repeatedly.
 set -euo pipefail
@@ -100,8 +102,24 @@ ensure_tools() {
   if ! command -v openssl >/dev/null; then log "openssl: installing"; apt_install openssl; fi
 }
 
+ensure_prometheus() {
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+    log "prometheus: installed"; return
+  fi
+  log "prometheus: installing (Debian package: prometheus, promtool)"
+  apt_install --no-install-recommends prometheus
+}
+
+ensure_chromium() {
+  if command -v chromium >/dev/null; then log "chromium: installed"; return; fi
+  log "chromium: installing (Debian package, run headless by the status page test)"
+  apt_install --no-install-recommends chromium
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_tools
+ensure_prometheus
+ensure_chromium
 if [ "$WANT_SQS" = 1 ]; then ensure_sqs; fi
 log "ready"

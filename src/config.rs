@@ -296,6 +296,22 @@ pub struct MetricsConfig {
     /// `/healthz` fails when eligible events exist and nothing was settled for this long.
     #[serde(with = "humantime_serde")]
     pub wedged_after: Duration,
+    /// What `GET /` and `GET /status.json` serve: `off`, `summary` (counts, ages, state) or
+    /// `details` (also the latest dead events: id, type, attempts, last error).
+    pub status_page: StatusPage,
+}
+
+/// `metrics.status_page`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusPage {
+    /// No page: `/` and `/status.json` answer 404.
+    Off,
+    /// Counts, ages, time to drain, buckets, database and broker state, version.
+    #[default]
+    Summary,
+    /// The summary plus the latest dead events (never their payload).
+    Details,
 }
 
 impl Default for MetricsConfig {
@@ -304,6 +320,7 @@ impl Default for MetricsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             refresh_interval: Duration::from_secs(5),
             wedged_after: Duration::from_secs(300),
+            status_page: StatusPage::Summary,
         }
     }
 }
@@ -630,6 +647,14 @@ mod tests {
     fn unknown_broker_kind_is_named() {
         let err = from_toml("[broker]\nkind = \"kafka\"\n").unwrap_err();
         assert_eq!(err.key, "broker.kind");
+    }
+
+    #[test]
+    fn unknown_status_page_is_named() {
+        let err = from_toml("[metrics]\nstatus_page = \"full\"\n").unwrap_err();
+        assert_eq!(err.key, "metrics.status_page");
+        let config = from_toml("[metrics]\nstatus_page = \"details\"\n").unwrap();
+        assert_eq!(config.metrics.status_page, StatusPage::Details);
     }
 
     #[test]

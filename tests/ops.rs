@@ -13,7 +13,6 @@ use common::{
 };
 use outbox_relay::{
     broker::{Outcome, PublishError, Publisher},
-    ops::server,
     store::OutboxEvent,
 };
 use tokio_postgres::Client;
@@ -446,19 +445,6 @@ impl Publisher for NeverConfirms {
     async fn close(&self) {}
 }
 
-/// Serves the relay's `/metrics`, `/healthz`, `/readyz` on 127.0.0.1:<random>.
-async fn serve(relay: &RunningRelay, stop: &CancellationToken) -> std::net::SocketAddr {
-    server::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        relay.health.clone(),
-        relay.metrics.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap()
-    .0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_gauges_and_probes_follow_the_table() {
     // GIVEN a relay with fast gauge refreshes and its HTTP server
@@ -472,11 +458,7 @@ async fn metrics_gauges_and_probes_follow_the_table() {
     config.retry.max_backoff = Duration::from_secs(3600);
     let relay = start_relay(&config);
     let stop = CancellationToken::new();
-    let addr = serve(&relay, &stop).await;
-    eventually("ready", || async {
-        http_get(addr, "/readyz").await.0 == 200
-    })
-    .await;
+    let addr = serve_ready(&relay, &stop).await;
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
 
     // WHEN an order is delivered and an unroutable invoice waits out a one-hour backoff
@@ -524,7 +506,7 @@ async fn events_in_backoff_and_behind_it_are_old_but_not_eligible() {
     config.metrics.wedged_after = Duration::from_millis(100);
     let relay = start_relay(&config);
     let stop = CancellationToken::new();
-    let addr = serve(&relay, &stop).await;
+    let addr = serve_ops(&relay, &stop).await;
     let client = db.client().await;
 
     // WHEN an order event waits out a one-hour backoff (set by SQL), a second event of the
@@ -597,7 +579,7 @@ async fn readyz_is_503_while_the_broker_is_unreachable() {
     config.broker.rabbitmq.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
     let relay = start_relay(&config);
     let stop = CancellationToken::new();
-    let addr = serve(&relay, &stop).await;
+    let addr = serve_ops(&relay, &stop).await;
 
     // THEN it reports the broker down and is not ready
     eventually("broker_up gauge reports down", || async {
@@ -632,7 +614,7 @@ async fn readyz_follows_the_database_connection() {
     config.database.connect_timeout = Duration::from_secs(1);
     let relay = start_relay(&config);
     let stop = CancellationToken::new();
-    let addr = serve(&relay, &stop).await;
+    let addr = serve_ops(&relay, &stop).await;
 
     // THEN it becomes ready once connected
     eventually("ready", || async {
@@ -670,11 +652,7 @@ async fn healthz_fails_when_the_pipeline_is_wedged() {
     config.metrics.wedged_after = Duration::from_millis(300);
     let relay = start_relay_with(&config, NeverConfirms);
     let stop = CancellationToken::new();
-    let addr = serve(&relay, &stop).await;
-    eventually("ready", || async {
-        http_get(addr, "/readyz").await.0 == 200
-    })
-    .await;
+    let addr = serve_ready(&relay, &stop).await;
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
 
     // WHEN an event is written and never confirmed

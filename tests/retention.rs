@@ -119,7 +119,7 @@ async fn purge_batches_are_bounded_by_the_batch_size() {
 
     // WHEN a full purge runs with batches of 10 THEN it stops after the short third batch,
     // having deleted the rest
-    let rest = retention::purge(&client, &db.table, Duration::from_secs(3600), 10)
+    let rest = retention::purge(&client, &db.table, Duration::from_secs(3600), 10, |_| {})
         .await
         .unwrap();
     assert_eq!(rest, 15);
@@ -141,7 +141,7 @@ async fn concurrent_purges_split_the_rows_without_waiting_or_double_counting() {
         let client = db.client().await;
         let table = db.table.clone();
         purgers.spawn(async move {
-            retention::purge(&client, &table, Duration::from_secs(3600), 50)
+            retention::purge(&client, &table, Duration::from_secs(3600), 50, |_| {})
                 .await
                 .unwrap()
         });
@@ -210,6 +210,15 @@ async fn background_retention_purges_old_dispatched_rows() {
     assert!(kept.is_some(), "the fresh dispatched row was purged");
     assert_eq!(db.count(&client, "pending").await, 1);
     assert_eq!(db.count(&client, "dead").await, 1);
+    // AND outbox_retention_deleted_total counts the 50 purged rows (the counter follows
+    // the DELETE's commit)
+    eventually("50 deletions counted", || async {
+        relay
+            .metrics
+            .render()
+            .contains("outbox_retention_deleted_total 50\n")
+    })
+    .await;
     relay.stop().await;
     broker.cleanup().await;
 }

@@ -47,6 +47,18 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Every value [`PublishError::reason`] returns: the `reason` series of
+    /// `outbox_publish_failures_total` exported at 0 from start-up.
+    pub const REASONS: [&'static str; 7] = [
+        "unroutable",
+        "nacked",
+        "timeout",
+        "rejected",
+        "too_large",
+        "broker_down",
+        "transient",
+    ];
+
     /// The `reason` label of `outbox_publish_failures_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -75,6 +87,11 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// The destination label (exchange or queue) for metrics and logs.
     fn destination(&self, event: &OutboxEvent) -> String;
+
+    /// Every destination label known from the configuration (exported at 0 from start-up).
+    fn destinations(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// The connection is known to be gone although no publish failed yet (e.g. the broker
     /// closed it while the relay was idle): the relay then reports the broker down and
@@ -119,6 +136,13 @@ impl Publisher for Broker {
         }
     }
 
+    fn destinations(&self) -> Vec<String> {
+        match self {
+            Broker::RabbitMq(p) => p.destinations(),
+            Broker::Sqs(p) => p.destinations(),
+        }
+    }
+
     fn lost(&self) -> bool {
         match self {
             Broker::RabbitMq(p) => p.lost(),
@@ -131,5 +155,25 @@ impl Publisher for Broker {
             Broker::RabbitMq(p) => p.close().await,
             Broker::Sqs(p) => p.close().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed() {
+        let errors = [
+            PublishError::Unroutable(String::new()),
+            PublishError::Nacked,
+            PublishError::Timeout,
+            PublishError::Rejected(String::new()),
+            PublishError::TooLarge { size: 2, limit: 1 },
+            PublishError::Unavailable(String::new()),
+            PublishError::Transient(String::new()),
+        ];
+        let reasons: Vec<&str> = errors.iter().map(PublishError::reason).collect();
+        assert_eq!(reasons, PublishError::REASONS);
     }
 }

@@ -367,6 +367,10 @@ impl Publisher for RabbitMqPublisher {
         self.exchange.clone()
     }
 
+    fn destinations(&self) -> Vec<String> {
+        vec![self.exchange.clone()]
+    }
+
     fn lost(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
             || self

@@ -11,7 +11,7 @@ use crate::{config::Config, store::retention};
 pub async fn purge(config: &Config, older_than: Duration) -> Result<ExitCode, CommandError> {
     let (client, table) = open_outbox(config).await?;
     let batch = i64::try_from(config.retention.batch_size).unwrap_or(i64::MAX);
-    let deleted = retention::purge(&client, &table, older_than, batch)
+    let deleted = retention::purge(&client, &table, older_than, batch, |_| {})
         .await
         .map_err(|e| database_error(&e, &config.database.table))?;
     crate::telemetry::out(&format!(

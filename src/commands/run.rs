@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> Result<ExitCode, CommandError> {
         config.metrics.listen,
         relay.health(),
         relay.metrics(),
+        relay.snapshot(),
         shutdown.clone(),
     )
     .await

@@ -4,7 +4,11 @@
 use std::{process::ExitCode, time::Duration};
 
 use super::{CommandError, EXIT_FAILURE, database_error, open_outbox, to_json};
-use crate::{config::Config, ops::render, store::status};
+use crate::{
+    config::Config,
+    ops::{render, snapshot::StatusDocument},
+    store::status,
+};
 
 /// Prints the status; exits 1 when `max_age` is given and the oldest pending event is older.
 pub async fn status(
@@ -17,7 +21,8 @@ pub async fn status(
         .await
         .map_err(|e| database_error(&e, &config.database.table))?;
     if as_json {
-        crate::telemetry::out(&format!("{}\n", to_json(&status)?));
+        let document = StatusDocument::of(status.clone());
+        crate::telemetry::out(&format!("{}\n", to_json(&document)?));
     } else {
         crate::telemetry::out(&render::status_text(&status));
     }

@@ -117,6 +117,11 @@ impl Health {
         self.database_up.load(Ordering::SeqCst) && self.broker_up.load(Ordering::SeqCst)
     }
 
+    /// Whether Postgres answers.
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::SeqCst)
+    }
+
     /// The broker is usable.
     pub fn broker_up(&self) -> bool {
         self.broker_up.load(Ordering::SeqCst)

@@ -37,6 +37,14 @@ pub struct AttemptLabel {
     pub outcome: &'static str,
 }
 
+/// A gauge holding seconds.
+pub type AgeGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The `aggregate_type` of the placeholder series the per-type gauges export (at 0) while
+/// the relay knows no aggregate type, so `sum(outbox_pending_events)` reads 0 on an empty
+/// outbox instead of "no data". Prometheus treats an empty label value as no label.
+pub const NO_AGGREGATE_TYPE: &str = "";
+
 /// Every metric the relay exports.
 pub struct Metrics {
     /// The registry rendered at `/metrics`.
@@ -64,9 +72,21 @@ pub struct Metrics {
     /// `outbox_dead_events{aggregate_type}`
     pub dead_events: Family<AggregateTypeLabel, Gauge>,
     /// `outbox_oldest_pending_age_seconds`
-    pub oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub oldest_pending_age: AgeGauge,
     /// `outbox_oldest_eligible_age_seconds`
-    pub oldest_eligible_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub oldest_eligible_age: AgeGauge,
+    /// `outbox_oldest_pending_age_by_type_seconds{aggregate_type}`: the unlabelled gauge
+    /// above per aggregate type (a second family, so the unlabelled series the alerts and
+    /// dashboards aggregate keeps its meaning).
+    pub oldest_pending_age_by_type: Family<AggregateTypeLabel, AgeGauge>,
+    /// `outbox_oldest_eligible_age_by_type_seconds{aggregate_type}`: which types are not
+    /// being published.
+    pub oldest_eligible_age_by_type: Family<AggregateTypeLabel, AgeGauge>,
+    /// `outbox_retention_deleted_total`: dispatched rows deleted by this relay's retention.
+    pub retention_deleted: Counter,
+    /// Events confirmed, all destinations together. Not exported (the per-destination
+    /// `outbox_events_published_total` is); it feeds the status page's publish rate.
+    pub confirmed: Counter,
     /// `outbox_owned_buckets`: buckets this replica owns (of `relay.buckets`).
     pub owned_buckets: Gauge,
     /// `outbox_relays`: live relays on this table, as seen by this one.
@@ -149,17 +169,35 @@ impl Metrics {
             "Dead events by aggregate type",
             dead_events.clone(),
         );
-        let oldest_pending_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let oldest_pending_age = AgeGauge::default();
         registry.register(
             "outbox_oldest_pending_age_seconds",
             "Age of the oldest pending event (0 when none)",
             oldest_pending_age.clone(),
         );
-        let oldest_eligible_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let oldest_eligible_age = AgeGauge::default();
         registry.register(
             "outbox_oldest_eligible_age_seconds",
             "Age of the oldest pending event that is due now (not waiting out a backoff)",
             oldest_eligible_age.clone(),
+        );
+        let oldest_pending_age_by_type = Family::<AggregateTypeLabel, AgeGauge>::default();
+        registry.register(
+            "outbox_oldest_pending_age_by_type_seconds",
+            "Age of the oldest pending event, by aggregate type (0 when none)",
+            oldest_pending_age_by_type.clone(),
+        );
+        let oldest_eligible_age_by_type = Family::<AggregateTypeLabel, AgeGauge>::default();
+        registry.register(
+            "outbox_oldest_eligible_age_by_type_seconds",
+            "How long the oldest due event has waited, by aggregate type (0 when none)",
+            oldest_eligible_age_by_type.clone(),
+        );
+        let retention_deleted = Counter::default();
+        registry.register(
+            "outbox_retention_deleted",
+            "Dispatched rows deleted by this relay's retention purge",
+            retention_deleted.clone(),
         );
         let owned_buckets = Gauge::default();
         registry.register(
@@ -184,7 +222,7 @@ impl Metrics {
             "Connection attempts to the database and the broker, by outcome",
             connection_attempts.clone(),
         );
-        Self {
+        let metrics = Self {
             registry,
             connection_attempts,
             owned_buckets,
@@ -202,6 +240,50 @@ impl Metrics {
             dead_events,
             oldest_pending_age,
             oldest_eligible_age,
+            oldest_pending_age_by_type,
+            oldest_eligible_age_by_type,
+            retention_deleted,
+            confirmed: Counter::default(),
+        };
+        metrics.set_placeholder(true);
+        metrics
+    }
+
+    /// Exports the counters whose label values are known before anything happens at 0, so
+    /// `rate()` and `increase()` see the first failure after a start: every failure
+    /// `reason` and every configured destination.
+    pub fn export_known_labels(&self, reasons: &[&str], destinations: &[String]) {
+        for reason in reasons {
+            let _ = self.failures.get_or_create(&ReasonLabel {
+                reason: (*reason).to_owned(),
+            });
+        }
+        for destination in destinations {
+            let _ = self.published.get_or_create(&DestinationLabel {
+                destination: destination.clone(),
+            });
+        }
+    }
+
+    /// Adds (at 0) or removes the [`NO_AGGREGATE_TYPE`] series of the per-type gauges.
+    pub fn set_placeholder(&self, present: bool) {
+        let label = AggregateTypeLabel {
+            aggregate_type: NO_AGGREGATE_TYPE.to_owned(),
+        };
+        if present {
+            self.pending.get_or_create(&label).set(0);
+            self.dead_events.get_or_create(&label).set(0);
+            self.oldest_pending_age_by_type
+                .get_or_create(&label)
+                .set(0.0);
+            self.oldest_eligible_age_by_type
+                .get_or_create(&label)
+                .set(0.0);
+        } else {
+            self.pending.remove(&label);
+            self.dead_events.remove(&label);
+            self.oldest_pending_age_by_type.remove(&label);
+            self.oldest_eligible_age_by_type.remove(&label);
         }
     }
 

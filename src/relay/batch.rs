@@ -107,6 +107,7 @@ pub async fn publish_call<P: Publisher>(
                         destination: ctx.publisher.destination(&event),
                     })
                     .inc();
+                ctx.metrics.confirmed.inc();
                 let lag = now.duration_since(event.created_at).unwrap_or_default();
                 ctx.metrics.publish_lag.observe(lag.as_secs_f64());
                 Fate::Confirmed

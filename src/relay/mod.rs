@@ -14,9 +14,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Publisher,
+    broker::{PublishError, Publisher},
     config::{Config, RelayMode},
-    ops::{health::Health, metrics::Metrics},
+    ops::{health::Health, metrics::Metrics, snapshot::Snapshot},
     store::{
         DispatchMode, Store, StoreError, TableName,
         connect::{ConnectError, Connector},
@@ -50,6 +50,7 @@ pub struct Relay<P: Publisher> {
     publisher: Arc<P>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    snapshot: Arc<Snapshot>,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -71,12 +72,19 @@ impl<P: Publisher> Relay<P> {
         };
         let gate = connector.gate().clone();
         let metrics = Arc::new(Metrics::new());
+        metrics.export_known_labels(&PublishError::REASONS, &publisher.destinations());
         connector.gate().count_into(AttemptCounters {
             ok: metrics.attempts("database", true),
             error: metrics.attempts("database", false),
         });
         let health = Arc::new(Health::new(metrics.clone(), config.metrics.wedged_after));
+        let snapshot = Arc::new(Snapshot::new(
+            config.metrics.status_page,
+            config.metrics.refresh_interval,
+            config.relay.buckets,
+        ));
         Ok(Self {
+            snapshot,
             config: config.clone(),
             connector,
             store: Store::new(pool, table, dispatch).with_gate(gate),
@@ -94,6 +102,11 @@ impl<P: Publisher> Relay<P> {
     /// The health state.
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
+    }
+
+    /// The status snapshot (serve it with [`crate::ops::server::serve`]).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
     }
 
     /// The store.
@@ -119,7 +132,7 @@ impl<P: Publisher> Relay<P> {
             self.store.table().clone(),
             self.metrics.clone(),
             self.health.clone(),
-            self.config.metrics.refresh_interval,
+            self.snapshot.clone(),
             background.clone(),
         ));
         // Also with `retention.dispatched = 0s` (delete on dispatch): then it removes rows
@@ -131,6 +144,7 @@ impl<P: Publisher> Relay<P> {
                 older_than: self.config.retention.dispatched,
                 batch: i64::try_from(self.config.retention.batch_size).unwrap_or(i64::MAX),
                 interval: self.config.retention.interval,
+                deleted: self.metrics.retention_deleted.clone(),
             },
             background.clone(),
         ));

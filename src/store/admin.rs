@@ -43,18 +43,35 @@ pub async fn dead_events(
         table.qualified()
     );
     let rows = client.query(&sql, &[&aggregate_type, &limit]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| DeadEvent {
-            id: r.get(0),
-            aggregate_type: r.get(1),
-            aggregate_id: r.get(2),
-            event_type: r.get(3),
-            attempts: r.get(4),
-            last_error: r.get(5),
-            created_at: humantime::format_rfc3339_millis(r.get::<_, SystemTime>(6)).to_string(),
-        })
-        .collect())
+    Ok(rows.iter().map(dead_event).collect())
+}
+
+/// The `limit` most recently written dead events, newest first (the status page's list).
+/// Reads through the dead partial index.
+pub async fn latest_dead_events(
+    client: &impl GenericClient,
+    table: &TableName,
+    limit: i64,
+) -> Result<Vec<DeadEvent>, StoreError> {
+    let sql = format!(
+        "SELECT id, aggregate_type, aggregate_id, event_type, attempts, last_error, created_at \
+         FROM {} WHERE status = 'dead' ORDER BY seq DESC LIMIT $1",
+        table.qualified()
+    );
+    let rows = client.query(&sql, &[&limit]).await?;
+    Ok(rows.iter().map(dead_event).collect())
+}
+
+fn dead_event(r: &tokio_postgres::Row) -> DeadEvent {
+    DeadEvent {
+        id: r.get(0),
+        aggregate_type: r.get(1),
+        aggregate_id: r.get(2),
+        event_type: r.get(3),
+        attempts: r.get(4),
+        last_error: r.get(5),
+        created_at: humantime::format_rfc3339_millis(r.get::<_, SystemTime>(6)).to_string(),
+    }
 }
 
 /// Which dead events to replay.

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
@@ -44,16 +45,19 @@ pub async fn purge_batch(
 
 /// Purges in batches of `batch` until a batch deletes fewer rows; returns the total. Each
 /// batch is its own statement (its own transaction unless `client` is one), so locks and WAL
-/// stay small.
+/// stay small. `on_batch` hears each batch's count as soon as it is deleted (a long purge
+/// shows progress, and rows deleted before an error are still counted).
 pub async fn purge(
     client: &impl GenericClient,
     table: &TableName,
     older_than: Duration,
     batch: i64,
+    mut on_batch: impl FnMut(u64),
 ) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
         let deleted = purge_batch(client, table, older_than, batch).await?;
+        on_batch(deleted);
         total += deleted;
         if deleted < u64::try_from(batch).unwrap_or(0) {
             return Ok(total);
@@ -72,6 +76,8 @@ pub struct RetentionSchedule {
     pub batch: i64,
     /// Time between purge runs (`retention.interval`).
     pub interval: Duration,
+    /// Counts deleted rows (`outbox_retention_deleted_total`).
+    pub deleted: Counter,
 }
 
 /// The background purge: every `schedule.interval` (first run at start-up), deletes old
@@ -119,5 +125,8 @@ async fn purge_run(
     schedule: &RetentionSchedule,
 ) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    purge(&**client, table, schedule.older_than, schedule.batch).await
+    purge(&**client, table, schedule.older_than, schedule.batch, |n| {
+        schedule.deleted.inc_by(n);
+    })
+    .await
 }

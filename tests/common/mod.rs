@@ -7,6 +7,7 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 pub mod faults;
+pub mod prometheus;
 pub mod servers;
 pub mod sqs;
 
@@ -28,7 +29,7 @@ use lapin::{
 use outbox_relay::{
     broker::{Publisher, rabbitmq::RabbitMqPublisher},
     config::{Config, RelayMode},
-    ops::{health::Health, metrics::Metrics},
+    ops::{health::Health, metrics::Metrics, snapshot::Snapshot},
     relay::Relay,
     store::{TableName, connect::Connector, migrate::migrate},
 };
@@ -410,6 +411,7 @@ pub struct RunningRelay {
     pub handle: JoinHandle<()>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub snapshot: Arc<Snapshot>,
 }
 
 impl RunningRelay {
@@ -435,6 +437,7 @@ pub fn start_relay_with<P: Publisher>(config: &Config, publisher: P) -> RunningR
     let relay = Relay::new(config, publisher).unwrap();
     let metrics = relay.metrics();
     let health = relay.health();
+    let snapshot = relay.snapshot();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let handle = tokio::spawn(async move {
@@ -445,7 +448,32 @@ pub fn start_relay_with<P: Publisher>(config: &Config, publisher: P) -> RunningR
         handle,
         metrics,
         health,
+        snapshot,
     }
+}
+
+/// Serves the relay's `/metrics`, `/healthz`, `/readyz` on 127.0.0.1:<random> until `stop`.
+pub async fn serve_ops(relay: &RunningRelay, stop: &CancellationToken) -> std::net::SocketAddr {
+    outbox_relay::ops::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        relay.health.clone(),
+        relay.metrics.clone(),
+        relay.snapshot.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+/// [`serve_ops`], then awaits `/readyz` answering 200 (database and broker connected).
+pub async fn serve_ready(relay: &RunningRelay, stop: &CancellationToken) -> std::net::SocketAddr {
+    let addr = serve_ops(relay, stop).await;
+    eventually("ready", || async {
+        faults::http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    addr
 }
 
 /// Awaits `condition` (polled every 20 ms, up to [`PATIENCE`]).

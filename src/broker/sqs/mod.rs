@@ -285,12 +285,24 @@ impl Publisher for SqsPublisher {
 
     fn destination(&self, event: &OutboxEvent) -> String {
         match self.queue_for(event) {
-            Some(queue) => queue.rsplit('/').next().unwrap_or(queue).to_owned(),
+            Some(queue) => queue_name(queue),
             None => "unrouted".to_owned(),
         }
     }
 
+    fn destinations(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.queues().into_iter().map(queue_name).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     async fn close(&self) {}
+}
+
+/// The destination label of a queue URL: its last path segment (the queue's name).
+fn queue_name(queue: &str) -> String {
+    queue.rsplit('/').next().unwrap_or(queue).to_owned()
 }
 
 #[cfg(test)]
@@ -338,6 +350,8 @@ mod tests {
         assert_eq!(p.destination(&event("order")), "orders");
         assert_eq!(p.destination(&event("invoice")), "invoices.fifo");
         assert_eq!(p.queues().len(), 2);
+        // Every destination label, exported at 0 from start-up.
+        assert_eq!(p.destinations(), ["invoices.fifo", "orders"]);
 
         config.queue_url = String::new();
         let p = publisher(&config);
