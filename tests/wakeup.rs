@@ -97,3 +97,41 @@ async fn producers_do_not_notify_while_the_relay_is_awake() {
     relay.stop().await;
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_relay_waiting_only_for_a_backoff_sleeps_and_new_events_still_go_out() {
+    // GIVEN an event waiting out a one-hour backoff
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::bound().await;
+    let mut rx = broker.consume().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload, \
+                                        attempts, last_error, available_at) \
+             VALUES ('order', 'o-1', 'created', '{}', 1, 'nacked', now() + interval '1 hour')",
+        )
+        .await
+        .unwrap();
+
+    // AND a relay that reads it and otherwise only wakes up on NOTIFY (no polls, no rescans)
+    let mut config = relay_config(&db, &broker);
+    config.relay.poll_interval = Duration::from_secs(3600);
+    config.relay.rescan_interval = Duration::from_secs(3600);
+    config.relay.linger = Duration::from_millis(1);
+    config.relay.linger_poll_interval = Duration::from_millis(1);
+    let relay = start_relay(&config);
+
+    // WHEN it has nothing to do but wait for that backoff, it sleeps (so producers notify it)
+    eventually("the relay sleeps while the event waits", || {
+        relay_sleeps(&client)
+    })
+    .await;
+
+    // THEN an event of another aggregate written now is published without a poll
+    let other = insert_event(&client, "order", "o-2", "created", serde_json::json!({})).await;
+    let got = receive_n(&mut rx, 1).await;
+    assert_eq!(got[0].message_id, other.to_string());
+    relay.stop().await;
+    broker.cleanup().await;
+}

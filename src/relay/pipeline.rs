@@ -208,7 +208,7 @@ impl<P: Publisher> Pipeline<P> {
             if let Some(kind) = self.wanted_read(now) {
                 self.start_read(kind);
             }
-            if self.idle != Idle::Awake && self.schedule.held() > 0 {
+            if self.idle != Idle::Awake && self.has_work_now() {
                 // Found work: producers may stop notifying.
                 tokio::select! {
                     _ = self.wake_up() => {}
@@ -244,9 +244,17 @@ impl<P: Publisher> Pipeline<P> {
         self.drain().await;
     }
 
-    /// Nothing held, nothing running, and the last read found the backlog's end.
+    /// Something to publish now or at the broker. Events that only wait out a backoff (and
+    /// the events queued behind them) are not work now: they come due on a timer.
+    fn has_work_now(&self) -> bool {
+        self.schedule.in_flight() > 0 || self.schedule.ready_len() > 0
+    }
+
+    /// Nothing to publish now, nothing running, and the last read found the backlog's end.
+    /// Events parked in a backoff may be held: a relay waiting only for them sleeps like an
+    /// empty one (so producers notify it of new rows), and wakes when the first comes due.
     fn is_idle(&self) -> bool {
-        self.schedule.held() == 0
+        !self.has_work_now()
             && self.calls.is_empty()
             && self.settles.is_empty()
             && self.reading.is_none()
@@ -700,6 +708,11 @@ impl<P: Publisher> Pipeline<P> {
             wait.min(due.saturating_duration_since(Instant::now()))
         } else {
             wait
+        };
+        // A parked event that comes due ends the wait.
+        let wait = match self.schedule.next_due() {
+            Some(due) => wait.min(due.saturating_duration_since(Instant::now())),
+            None => wait,
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
