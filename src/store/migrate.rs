@@ -10,10 +10,17 @@ use super::TableName;
 
 /// The migrations, in order. Their text is written for the default table name
 /// `outbox_events` and rendered for the configured one.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "V1__outbox_events",
-    include_str!("../../migrations/V1__outbox_events.sql"),
-)];
+/// (V2 is reserved for the privileges migration.)
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "V1__outbox_events",
+        include_str!("../../migrations/V1__outbox_events.sql"),
+    ),
+    (
+        "V3__enqueue",
+        include_str!("../../migrations/V3__enqueue.sql"),
+    ),
+];
 
 /// Advisory lock key serializing concurrent `migrate` runs.
 const MIGRATE_LOCK: i64 = 0x6f75_7462_6d69_6772; // "outbmigr"
