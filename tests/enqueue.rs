@@ -195,13 +195,7 @@ async fn sixteen_concurrent_producers_keep_every_aggregate_in_write_order() {
     // THEN every event arrives once, and each aggregate's events arrive in seq order
     let messages = receive_n(&mut rx, EVENTS).await;
     let client = db.client().await;
-    let seqs: HashMap<String, i64> = client
-        .query("SELECT id::text, seq FROM outbox_events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let seqs = db.seqs(&client).await;
     assert_eq!(seqs.len(), EVENTS);
     let mut last: HashMap<String, i64> = HashMap::new();
     for m in &messages {

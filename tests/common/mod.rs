@@ -110,6 +110,17 @@ impl TestDb {
         .await
     }
 
+    /// Every event's `seq`, by event ID (text).
+    pub async fn seqs(&self, client: &Client) -> std::collections::HashMap<String, i64> {
+        client
+            .query("SELECT id::text, seq FROM outbox_events", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
     /// `SELECT count(*) ... WHERE status = $1`.
     pub async fn count(&self, client: &Client, status: &str) -> i64 {
         client
@@ -285,7 +296,14 @@ impl TestBroker {
                             .collect()
                     })
                     .unwrap_or_default();
+                let seq = props.headers().as_ref().and_then(|h| {
+                    match h.inner().get(&lapin::types::ShortString::from("x-seq")) {
+                        Some(lapin::types::AMQPValue::LongLongInt(n)) => Some(*n),
+                        _ => None,
+                    }
+                });
                 let msg = Received {
+                    seq,
                     message_id: props
                         .message_id()
                         .as_ref()
@@ -325,6 +343,8 @@ impl TestBroker {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub message_id: String,
+    /// The `x-seq` header, when it is a long-long integer (the contract's type).
+    pub seq: Option<i64>,
     pub routing_key: String,
     pub body: String,
     pub content_type: Option<String>,
