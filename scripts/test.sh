@@ -8,4 +8,6 @@ bash scripts/services.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# tests/inbox.rs runs the example consumer as a process: build it first (nextest does not).
+cargo build --locked --example inbox_consumer
 exec cargo nextest run --locked --no-fail-fast "$@"

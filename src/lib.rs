@@ -27,12 +27,15 @@
 //! - [`ops`]: metrics, the gauge refresher, health state, the HTTP server for `/metrics`,
 //!   `/healthz`, `/readyz`, and the rendering of `status` / `dead list`.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`inbox`]: the consumers' side: the inbox table that makes processing effectively-once
+//!   (record message IDs in the consumer's transaction, skip duplicates), and its purge.
 
 pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod inbox;
 pub mod ops;
 pub mod relay;
 pub mod store;

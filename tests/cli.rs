@@ -151,6 +151,10 @@ async fn migrate_is_idempotent_and_supports_schema_qualified_tables() {
         .get(0);
     let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
+        .filter(|entry| {
+            let path = entry.as_ref().unwrap().path();
+            path.extension().is_some_and(|ext| ext == "sql")
+        })
         .count();
     assert_eq!(versions, files as i64);
 }

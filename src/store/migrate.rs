@@ -1,7 +1,8 @@
 //! `outbox-relay migrate`: applies the SQL files in `migrations/` (embedded at build time)
 //! for the configured table, idempotently, tracking applied versions with refinery in
 //! `<table>_schema_history`. Concurrent runs (several pods starting at once) serialize on an
-//! advisory lock.
+//! advisory lock. `migrate --inbox` applies `migrations/inbox/` (the consumers' inbox, in the
+//! consumer's database) the same way, named after `inbox.table`.
 
 use refinery::{Migration, Runner};
 use tokio_postgres::Client;
@@ -22,6 +23,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The inbox migrations, written for the default inbox table name `outbox_inbox`.
+const INBOX_MIGRATIONS: &[(&str, &str)] = &[(
+    "V1__outbox_inbox",
+    include_str!("../../migrations/inbox/V1__outbox_inbox.sql"),
+)];
+
 /// Advisory lock key serializing concurrent `migrate` runs.
 const MIGRATE_LOCK: i64 = 0x6f75_7462_6d69_6772; // "outbmigr"
 
@@ -38,6 +45,25 @@ pub enum MigrateError {
 
 /// Applies pending migrations; returns the names of those applied now.
 pub async fn migrate(client: &mut Client, table: &TableName) -> Result<Vec<String>, MigrateError> {
+    apply(client, table, MIGRATIONS, "outbox_events").await
+}
+
+/// Applies pending inbox migrations for the inbox table `table`; returns the names of those
+/// applied now.
+pub async fn migrate_inbox(
+    client: &mut Client,
+    table: &TableName,
+) -> Result<Vec<String>, MigrateError> {
+    apply(client, table, INBOX_MIGRATIONS, "outbox_inbox").await
+}
+
+/// Applies `migrations` (written for the table name `default`) for `table`.
+async fn apply(
+    client: &mut Client,
+    table: &TableName,
+    migrations: &[(&str, &str)],
+    default: &str,
+) -> Result<Vec<String>, MigrateError> {
     if let Some(schema) = table.schema() {
         client
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
@@ -49,7 +75,7 @@ pub async fn migrate(client: &mut Client, table: &TableName) -> Result<Vec<Strin
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await?;
-    let result = run(client, table).await;
+    let result = run(client, table, migrations, default).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
         .await;
@@ -58,10 +84,15 @@ pub async fn migrate(client: &mut Client, table: &TableName) -> Result<Vec<Strin
     Ok(applied)
 }
 
-async fn run(client: &mut Client, table: &TableName) -> Result<Vec<String>, MigrateError> {
-    let migrations = MIGRATIONS
+async fn run(
+    client: &mut Client,
+    table: &TableName,
+    migrations: &[(&str, &str)],
+    default: &str,
+) -> Result<Vec<String>, MigrateError> {
+    let migrations = migrations
         .iter()
-        .map(|(name, sql)| Migration::unapplied(name, &table.render_migration(sql)))
+        .map(|(name, sql)| Migration::unapplied(name, &table.render_sql(sql, default)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut runner = Runner::new(&migrations);
     runner.set_migration_table_name(format!("{}_schema_history", table.name()));

@@ -51,9 +51,19 @@ pub async fn purge(
     older_than: Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {
+    in_batches(batch, || purge_batch(client, table, older_than, batch)).await
+}
+
+/// Runs `delete` (one statement deleting at most `batch` rows) until it deletes fewer than
+/// `batch`, pausing between statements; returns the total (also the inbox purge's loop).
+pub async fn in_batches<F, Fut>(batch: i64, mut delete: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
     let mut total = 0;
     loop {
-        let deleted = purge_batch(client, table, older_than, batch).await?;
+        let deleted = delete().await?;
         total += deleted;
         if deleted < u64::try_from(batch).unwrap_or(0) {
             return Ok(total);

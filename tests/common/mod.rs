@@ -326,6 +326,24 @@ impl TestBroker {
         rx
     }
 
+    /// The test queue's ready messages and consumers (a passive declare). Unacked messages
+    /// are not counted until their consumer's channel closed.
+    pub async fn queue_state(&self) -> (u32, u32) {
+        let queue = self
+            .channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (queue.message_count(), queue.consumer_count())
+    }
+
     /// Deletes the queue and exchange.
     pub async fn cleanup(&self) {
         let _ = self
