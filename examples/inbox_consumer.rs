@@ -38,7 +38,7 @@ use lapin::{
 };
 use outbox_relay::{
     backoff::ReconnectBackoff,
-    inbox::Inbox,
+    inbox::{Inbox, Recorded},
     store::{TableName, connect::Connector},
 };
 use tokio_postgres::Client;
@@ -80,6 +80,10 @@ struct Args {
     /// Exit (code 3) right after the Nth committed batch, before acking it.
     #[arg(long)]
     exit_after_commit: Option<u64>,
+    /// For the benchmark only: the same consumer without the inbox (every message applied,
+    /// duplicates NOT detected).
+    #[arg(long)]
+    no_inbox: bool,
 }
 
 /// One message as the consumer needs it: the relay's message contract.
@@ -114,7 +118,8 @@ struct Consumer {
     pg: Client,
     /// The connection's notices; dropping it would close the connection at the next one.
     _notices: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
-    inbox: Inbox,
+    /// `None` with `--no-inbox`.
+    inbox: Option<Inbox>,
     exit_after_commit: Option<u64>,
     counters: Counters,
 }
@@ -124,7 +129,13 @@ impl Consumer {
     async fn apply(&mut self, batch: &[Message]) -> Result<()> {
         let tx = self.pg.transaction().await?;
         let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
-        let recorded = self.inbox.record(&tx, &ids).await?;
+        let recorded = match &self.inbox {
+            Some(inbox) => inbox.record(&tx, &ids).await?,
+            None => Recorded {
+                new: ids,
+                duplicates: Vec::new(),
+            },
+        };
         let mut new: HashSet<Uuid> = recorded.new.iter().copied().collect();
         let fresh: Vec<&Message> = batch.iter().filter(|m| new.remove(&m.id)).collect();
 
@@ -194,7 +205,7 @@ async fn connect_pg(args: &Args, counters: Counters) -> Result<Consumer> {
     Ok(Consumer {
         pg,
         _notices: notices,
-        inbox: Inbox::new(&table, args.consumer.clone()),
+        inbox: (!args.no_inbox).then(|| Inbox::new(&table, args.consumer.clone())),
         exit_after_commit: args.exit_after_commit,
         counters,
     })

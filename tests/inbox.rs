@@ -208,17 +208,8 @@ fn parse_report(line: &str) -> Option<Report> {
     })
 }
 
-/// `target/<profile>/examples/inbox_consumer`, built with the tests (`cargo test` and
-/// `cargo nextest run` build examples).
 fn consumer_binary() -> PathBuf {
-    let relay = PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"));
-    let path = relay.parent().unwrap().join("examples/inbox_consumer");
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --example inbox_consumer",
-        path.display()
-    );
-    path
+    example_binary("inbox_consumer")
 }
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {

@@ -473,6 +473,20 @@ where
     }
 }
 
+/// An example's binary next to the outbox-relay binary of this build
+/// (`target/<profile>/examples/<name>`). nextest does not build examples: `scripts/test.sh`
+/// (and `scripts/bench-inbox.sh`, for release) build the ones tests and benchmarks run.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let relay = std::path::PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"));
+    let path = relay.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build [--release] --example {name}",
+        path.display()
+    );
+    path
+}
+
 /// A connector for the given URL (for tests that need the library's TLS-aware connect).
 pub fn connector(url: &str) -> Connector {
     Connector::new(url, None, "outbox-relay-test", Duration::from_secs(5)).unwrap()
