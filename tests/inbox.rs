@@ -89,6 +89,28 @@ async fn inbox_tells_new_ids_from_duplicates_per_consumer() {
     assert_eq!(shipping.record(&client, &[a]).await.unwrap().new, [a]);
 }
 
+#[test]
+fn bad_inbox_table_or_database_url_exits_2_naming_it() {
+    for (envs, url, named) in [
+        (
+            vec![("OUTBOX_RELAY_INBOX__TABLE", "Inbox")],
+            "postgres://x@h/db",
+            "`inbox.table`",
+        ),
+        (vec![], "nope://x", "--database-url"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .env_remove("OUTBOX_RELAY_INBOX__TABLE")
+            .envs(envs)
+            .args(["migrate", "--inbox", "--database-url", url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn purge_inbox_deletes_rows_older_than_the_window_only() {
     // GIVEN inbox rows received 10 days, 8 days and 1 hour ago
