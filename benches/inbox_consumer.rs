@@ -44,9 +44,16 @@ struct Args {
     /// The consumer's `--batch-size` (messages per transaction).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
+    /// Runs of each variant, alternating which goes first; medians are reported (the
+    /// machine is shared, single runs are noisy).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Give up on a run after this long.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Passed by `cargo bench` to every benchmark binary.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn consumer_binary() -> PathBuf {
@@ -170,6 +177,11 @@ async fn run(args: &Args, events: &[OutboxEvent], inbox: bool, db_url: &str) -> 
     events.len() as f64 / elapsed.as_secs_f64()
 }
 
+fn median(rates: &mut [f64]) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -184,18 +196,33 @@ async fn main() {
     let migrated = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
         .args(["migrate", "--inbox", "--database-url", &db_url])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(migrated.success());
 
     println!(
-        "inbox consumer benchmark: {} messages over {} aggregates, batches of {}",
-        args.messages, args.aggregates, args.batch_size
+        "inbox consumer benchmark: {} messages over {} aggregates, batches of {}, {} rounds",
+        args.messages, args.aggregates, args.batch_size, args.rounds
     );
-    let without = run(&args, &events, false, &db_url).await;
-    println!("  without inbox: {without:>8.0} messages/s");
-    let with = run(&args, &events, true, &db_url).await;
-    println!("  with inbox:    {with:>8.0} messages/s");
+    let (mut withs, mut withouts) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        for inbox in [round % 2 == 1, round % 2 == 0] {
+            let rate = run(&args, &events, inbox, &db_url).await;
+            println!(
+                "  round {round}: {} {rate:>8.0} messages/s",
+                if inbox {
+                    "with inbox:   "
+                } else {
+                    "without inbox:"
+                }
+            );
+            if inbox { &mut withs } else { &mut withouts }.push(rate);
+        }
+    }
+    let (with, without) = (median(&mut withs), median(&mut withouts));
+    println!("  median without inbox: {without:>8.0} messages/s");
+    println!("  median with inbox:    {with:>8.0} messages/s");
     println!(
         "  ratio: {:.2} × (target ≥ 0.7 ×); with inbox {} 3,000 messages/s",
         with / without,
