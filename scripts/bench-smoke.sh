@@ -7,3 +7,5 @@ bash scripts/services.sh
 cargo bench --locked --bench relay -- --events 2000 --latency-seconds 1 --rate 200 \
   --producer-seconds 1 --sqs --sqs-events 200
 cargo bench --locked --bench relay -- --matrix --matrix-scale 0.02 --drain-timeout 120
+# The consumer benchmark (inbox against no inbox), small.
+bash scripts/bench-inbox.sh --messages 2000

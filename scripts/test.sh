@@ -18,4 +18,6 @@ NEXTEST_VERSION=0.9.143
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest --version "$NEXTEST_VERSION"
 fi
+# tests/inbox.rs runs the example consumer as a process: build it first (nextest does not).
+cargo build --locked --example inbox_consumer
 cargo nextest run --locked --no-fail-fast "$@"

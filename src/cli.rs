@@ -34,7 +34,15 @@ pub enum Command {
     /// Run the relay until SIGTERM/SIGINT.
     Run,
     /// Create or upgrade the outbox schema (idempotent).
-    Migrate,
+    Migrate {
+        /// Create or upgrade the consumers' inbox table (`inbox.table`) instead, in the
+        /// consumer's database (`database.url` or `--database-url`).
+        #[arg(long)]
+        inbox: bool,
+        /// Use this database instead of `database.url`.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
     /// Print the effective configuration with secrets redacted.
     Config,
     /// Show the backlog: pending, dead, dispatched, oldest ages, failure reasons.
@@ -85,6 +93,13 @@ pub enum Command {
         /// e.g. `7days`, `12h`.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         older_than: Duration,
+        /// Delete inbox rows (`inbox.table`, every consumer's) received longer ago instead:
+        /// the dedupe window, which must outlast the broker's longest redelivery.
+        #[arg(long)]
+        inbox: bool,
+        /// Use this database instead of `database.url`.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
 }
 

@@ -53,6 +53,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// How long dispatched rows are kept.
     pub retention: RetentionConfig,
+    /// The consumers' inbox (`migrate --inbox`, `purge --inbox`), in the consumer's database.
+    pub inbox: InboxConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -349,6 +351,23 @@ impl Default for RetentionConfig {
     }
 }
 
+/// `[inbox]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Inbox table, optionally schema-qualified (`schema.table`): the message IDs consumers
+    /// have processed ([`crate::inbox`]).
+    pub table: String,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            table: "outbox_inbox".into(),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -428,6 +447,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         TableName::parse(&self.database.table)
             .map_err(|e| ConfigError::new("database.table", e.to_string()))?;
+        TableName::parse(&self.inbox.table)
+            .map_err(|e| ConfigError::new("inbox.table", e.to_string()))?;
         crate::store::connect::parse_url(&self.database.url)
             .map_err(|e| ConfigError::new("database.url", e.to_string()))?;
         positive(self.database.pool_size, "database.pool_size")?;
@@ -659,6 +680,9 @@ mod tests {
 
     #[test]
     fn bad_table_is_named() {
+        let err = from_toml("[inbox]\ntable = \"Inbox\"\n").unwrap_err();
+        assert_eq!(err.key, "inbox.table");
+        assert_eq!(from_toml("").unwrap().inbox.table, "outbox_inbox");
         let err = from_toml("[database]\ntable = \"x; drop table y\"\n").unwrap_err();
         assert_eq!(err.key, "database.table");
     }

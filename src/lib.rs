@@ -29,12 +29,15 @@
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 //! - [`tls`]: TLS failures in an operator's words (unknown issuer, host name mismatch, ...),
 //!   for Postgres and RabbitMQ alike.
+//! - [`inbox`]: the consumers' side: the inbox table that makes processing effectively-once
+//!   (record message IDs in the consumer's transaction, skip duplicates), and its purge.
 
 pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod inbox;
 pub mod ops;
 pub mod relay;
 pub mod store;

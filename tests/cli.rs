@@ -139,6 +139,11 @@ async fn migrate_is_idempotent_and_supports_schema_qualified_tables() {
         )
         .await
         .unwrap();
+    // So does one calling the producer function, named after the configured table.
+    client
+        .batch_execute("SELECT app.events_enqueue('a', '1', 'e', '{}')")
+        .await
+        .unwrap();
     let versions: i64 = client
         .query_one("SELECT count(*) FROM app.events_schema_history", &[])
         .await
@@ -146,11 +151,12 @@ async fn migrate_is_idempotent_and_supports_schema_qualified_tables() {
         .get(0);
     let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
+        .filter(|entry| {
+            let path = entry.as_ref().unwrap().path();
+            path.extension().is_some_and(|ext| ext == "sql")
+        })
         .count();
-    assert_eq!(
-        versions as usize, files,
-        "one history row per migration file"
-    );
+    assert_eq!(versions, files as i64);
 }
 
 #[tokio::test]
@@ -166,38 +172,4 @@ async fn run_before_migrate_says_what_to_do() {
     let err = stderr(&out);
     assert!(err.contains("outbox-relay migrate"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-}
-
-#[tokio::test]
-async fn text_logs_to_a_pipe_carry_no_colour_codes() {
-    use std::io::BufRead;
-    // GIVEN a relay writing text logs to a pipe (not a terminal)
-    let db = TestDb::migrated().await;
-    let mut child = relay_cmd()
-        .env("OUTBOX_RELAY_DATABASE__URL", &db.url)
-        .env("OUTBOX_RELAY_LOG__FORMAT", "text")
-        .env("OUTBOX_RELAY_LOG__LEVEL", "info")
-        .env("OUTBOX_RELAY_METRICS__LISTEN", "127.0.0.1:0")
-        .arg("run")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // WHEN it logs its first line
-    let mut line = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    // THEN the line carries no ANSI escape sequence
-    assert!(line.contains("INFO"), "{line}");
-    assert!(!line.contains('\u{1b}'), "{line:?}");
-}
-
-#[test]
-fn help_names_the_config_variable_without_an_empty_value() {
-    let out = relay_cmd().arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("[env: OUTBOX_RELAY_CONFIG]"), "{help}");
 }

@@ -64,6 +64,16 @@ async fn delivers_every_event_with_the_message_contract() {
     assert_eq!(first.header("x-aggregate-type"), Some("order"));
     assert_eq!(first.header("x-aggregate-id"), Some("o-1"));
     assert_eq!(first.header("x-event-type"), Some("created"));
+    // AND every message carries its row's seq as the long-long integer header `x-seq`
+    let seqs = db.seqs(&client).await;
+    for m in &messages {
+        assert_eq!(
+            m.seq,
+            Some(seqs[&m.message_id]),
+            "x-seq of {}",
+            m.message_id
+        );
+    }
 
     // AND the rows are marked dispatched with a timestamp
     eventually("all rows dispatched", || async {

@@ -151,6 +151,18 @@ async fn relay_commands_and_producers_run_with_the_printed_grants_only() {
     let got = receive_n(&mut rx, 1).await;
     assert_eq!(got[0].message_id, id.to_string());
 
+    // AND the same role may write through the producer function, which returns the ID
+    let via_function: Uuid = producer
+        .query_one(
+            "SELECT outbox_events_enqueue('order', '1', 'order.paid', '{}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let got = receive_n(&mut rx, 1).await;
+    assert_eq!(got[0].message_id, via_function.to_string());
+
     // AND every operator command works as the runtime role
     for args in [
         vec!["status"],

@@ -63,8 +63,17 @@ async fn standard_queue_gets_body_attributes_and_traceparent() {
         sqs::attr(m, "traceparent").as_deref(),
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
+    // Five slots for the row's headers: traceparent, h00..h03
     assert_eq!(m.message_attributes().unwrap().len(), 10);
-    assert!(sqs::attr(m, "h00").is_some() && sqs::attr(m, "h11").is_none());
+    assert!(sqs::attr(m, "h03").is_some() && sqs::attr(m, "h04").is_none());
+    // AND every message carries its row's seq as the Number attribute `seq`
+    let seqs = db.seqs(&pg).await;
+    for m in &messages {
+        let id = sqs::attr(m, "event_id").unwrap();
+        let seq = &m.message_attributes().unwrap()["seq"];
+        assert_eq!(seq.data_type(), "Number", "seq of {id}");
+        assert_eq!(seq.string_value(), Some(seqs[&id].to_string().as_str()));
+    }
     eventually("all dispatched", || async {
         db.count(&pg, "dispatched").await == 25
     })

@@ -173,8 +173,8 @@ impl RabbitMqPublisher {
 
 /// The AMQP properties the relay publishes an event with: `message_id` (the event ID),
 /// persistent delivery, `content_type`, `type`, `timestamp`, and the row's headers plus
-/// `x-aggregate-type`, `x-aggregate-id` and `x-event-type` (the message contract in the
-/// README). Public so the benchmark's raw limit sends exactly these.
+/// `x-aggregate-type`, `x-aggregate-id`, `x-event-type` (strings) and `x-seq` (long-long
+/// integer) (the message contract in the README). Public so the benchmark's raw limit sends exactly these.
 pub fn message_properties(event: &OutboxEvent) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (key, value) in &event.headers {
@@ -193,6 +193,11 @@ pub fn message_properties(event: &OutboxEvent) -> BasicProperties {
             AMQPValue::LongString(LongString::from(value.as_str())),
         );
     }
+    // The write order, so consumers can tell a stale version from a fresh one.
+    headers.insert(
+        ShortString::from("x-seq"),
+        AMQPValue::LongLongInt(event.seq),
+    );
     let timestamp = event
         .created_at
         .duration_since(UNIX_EPOCH)

@@ -56,7 +56,17 @@ impl CommandError {
 pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CommandError> {
     match command {
         Command::Run => run(config).await,
-        Command::Migrate => migrate(&config).await,
+        Command::Migrate {
+            inbox,
+            database_url,
+        } => {
+            let config = with_database_url(config, database_url)?;
+            if inbox {
+                migrate::migrate_inbox(&config).await
+            } else {
+                migrate(&config).await
+            }
+        }
         Command::Config => {
             crate::telemetry::out(&config.redacted_toml());
             Ok(ExitCode::SUCCESS)
@@ -86,12 +96,33 @@ pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, Comm
             };
             replay::replay(&config, selection).await
         }
-        Command::Purge { older_than } => purge::purge(&config, older_than).await,
+        Command::Purge {
+            older_than,
+            inbox,
+            database_url,
+        } => {
+            let config = with_database_url(config, database_url)?;
+            if inbox {
+                purge::purge_inbox(&config, older_than).await
+            } else {
+                purge::purge(&config, older_than).await
+            }
+        }
         Command::Grants {
             relay_role,
             producer_role,
         } => grants::grants(&config, relay_role.as_deref(), producer_role.as_deref()),
     }
+}
+
+/// `--database-url` overrides `database.url` (validated like it, the error naming the flag).
+fn with_database_url(mut config: Config, url: Option<String>) -> Result<Config, CommandError> {
+    if let Some(url) = url {
+        crate::store::connect::parse_url(&url)
+            .map_err(|e| CommandError::usage(format!("--database-url: {e}")))?;
+        config.database.url = url;
+    }
+    Ok(config)
 }
 
 /// Turns a database error into an actionable one-liner.
@@ -128,18 +159,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Opens one dedicated connection for an operator command and validates the table name.
 async fn open_outbox(config: &Config) -> Result<(tokio_postgres::Client, TableName), CommandError> {
-    let table = TableName::parse(&config.database.table)
-        .map_err(|e| CommandError::usage(format!("config key `database.table`: {e}")))?;
+    open_table(
+        config,
+        "database.table",
+        &config.database.table,
+        "outbox-relay-cli",
+    )
+    .await
+}
+
+/// Opens one dedicated connection to `database.url` (as `application_name`) and validates
+/// the table name `table` found at config key `key`.
+async fn open_table(
+    config: &Config,
+    key: &str,
+    table: &str,
+    application_name: &str,
+) -> Result<(tokio_postgres::Client, TableName), CommandError> {
+    let table = TableName::parse(table)
+        .map_err(|e| CommandError::usage(format!("config key `{key}`: {e}")))?;
     let connector = Connector::new(
         &config.database.url,
         config.database.ca_file.as_deref(),
-        "outbox-relay-cli",
+        application_name,
         config.database.connect_timeout,
     )
     .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?
     .with_password_file(config.database.password_file.as_deref())
     .map_err(|e| CommandError::usage(e.to_string()))?;
-    let (client, _messages) = connector
+    // Notices are not read: the connection keeps running without a listener.
+    let (client, _notices) = connector
         .connect_dedicated()
         .await
         .map_err(|e| unreachable(&e))?;

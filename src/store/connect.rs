@@ -298,7 +298,8 @@ impl Connector {
     }
 
     /// A dedicated connection; the returned receiver yields its asynchronous messages
-    /// (notifications) and ends when the connection closes.
+    /// (notifications, notices) and ends when the connection closes. Dropping the receiver
+    /// does not close the connection: the client does, when it is dropped.
     pub async fn connect_dedicated(
         &self,
     ) -> Result<
@@ -323,10 +324,10 @@ impl Connector {
             let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = futures::StreamExt::next(&mut stream).await {
                 match message {
+                    // Nobody listening (an operator command ignores notices): drop the message
+                    // and keep driving the connection; ending here would close it.
                     Ok(message) => {
-                        if tx.send(message).is_err() {
-                            break;
-                        }
+                        let _ = tx.send(message);
                     }
                     Err(error) => {
                         tracing::debug!(%error, "dedicated Postgres connection closed");

@@ -1,6 +1,6 @@
 //! The privileges of the two roles besides the owner, as GRANT statements for the configured
 //! table: the relay's runtime role (`run`, `status`, `dead list`, `replay`, `purge`) and the
-//! producers' role (INSERT only). Printed by `outbox-relay grants`; the owner runs `migrate`.
+//! producers' role (INSERT, and EXECUTE on `<table>_enqueue`). Printed by `outbox-relay grants`; the owner runs `migrate`.
 
 use super::TableName;
 
@@ -42,13 +42,16 @@ pub fn statements(table: &TableName, database: &str, roles: &Roles<'_>) -> Strin
     if let Some(role) = roles.producer {
         let role = ident(role);
         out.push_str(&format!(
-            "\n-- Producers: INSERT events in their own transactions (the NOTIFY trigger runs\n\
-             -- with the owner's privileges, so nothing else is needed). INSERT ... RETURNING id\n\
-             -- would also need SELECT (id): choose the ID in the application instead.\n\
+            "\n-- Producers: write events with {enqueue}(...) (it keeps each aggregate's events\n\
+             -- in order) or plain INSERT. The NOTIFY trigger runs with the owner's privileges,\n\
+             -- so nothing else is needed. INSERT ... RETURNING id would also need SELECT (id):\n\
+             -- choose the ID in the application, or use the function, which returns it.\n\
              GRANT CONNECT ON DATABASE {database} TO {role};\n\
              GRANT USAGE ON SCHEMA {schema} TO {role};\n\
-             GRANT INSERT ON TABLE {table} TO {role};\n",
+             GRANT INSERT ON TABLE {table} TO {role};\n\
+             GRANT EXECUTE ON FUNCTION {enqueue}(text, text, text, jsonb, jsonb, uuid) TO {role};\n",
             table = object(""),
+            enqueue = object("_enqueue"),
         ));
     }
     out
@@ -79,6 +82,9 @@ mod tests {
         );
         assert!(text.contains("\"app\".\"events_sleepers\", \"app\".\"events_wakers\""));
         assert!(text.contains("GRANT INSERT ON TABLE \"app\".\"events\" TO \"we\"\"ird\";"));
+        assert!(text.contains(
+            "GRANT EXECUTE ON FUNCTION \"app\".\"events_enqueue\"(text, text, text, jsonb, jsonb, uuid) TO \"we\"\"ird\";"
+        ));
         assert!(text.contains("GRANT CONNECT ON DATABASE \"shop\" TO \"relay\";"));
     }
 

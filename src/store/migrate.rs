@@ -1,7 +1,8 @@
 //! `outbox-relay migrate`: applies the SQL files in `migrations/` (embedded at build time)
 //! for the configured table, idempotently, tracking applied versions with refinery in
 //! `<table>_schema_history`. Concurrent runs (several pods starting at once) serialize on an
-//! advisory lock.
+//! advisory lock. `migrate --inbox` applies `migrations/inbox/` (the consumers' inbox, in the
+//! consumer's database) the same way, named after `inbox.table`.
 
 use refinery::{Migration, Runner};
 use tokio_postgres::Client;
@@ -19,7 +20,17 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V2__producer_privileges",
         include_str!("../../migrations/V2__producer_privileges.sql"),
     ),
+    (
+        "V3__enqueue",
+        include_str!("../../migrations/V3__enqueue.sql"),
+    ),
 ];
+
+/// The inbox migrations, written for the default inbox table name `outbox_inbox`.
+const INBOX_MIGRATIONS: &[(&str, &str)] = &[(
+    "V1__outbox_inbox",
+    include_str!("../../migrations/inbox/V1__outbox_inbox.sql"),
+)];
 
 /// The version number of a migration named `V<n>__...`.
 fn number(name: &str) -> u32 {
@@ -119,6 +130,30 @@ pub async fn migrate_until(
     table: &TableName,
     version: u32,
 ) -> Result<Vec<String>, MigrateError> {
+    let wanted: Vec<(&str, &str)> = MIGRATIONS
+        .iter()
+        .copied()
+        .take_while(|(name, _)| number(name) <= version)
+        .collect();
+    apply(client, table, &wanted, "outbox_events").await
+}
+
+/// Applies pending inbox migrations for the inbox table `table`; returns the names of those
+/// applied now.
+pub async fn migrate_inbox(
+    client: &mut Client,
+    table: &TableName,
+) -> Result<Vec<String>, MigrateError> {
+    apply(client, table, INBOX_MIGRATIONS, "outbox_inbox").await
+}
+
+/// Applies `migrations` (written for the table name `default`) for `table`.
+async fn apply(
+    client: &mut Client,
+    table: &TableName,
+    migrations: &[(&str, &str)],
+    default: &str,
+) -> Result<Vec<String>, MigrateError> {
     if let Some(schema) = table.schema() {
         // Only when missing: CREATE SCHEMA checks the database's CREATE privilege even with
         // IF NOT EXISTS, which would hide the clearer message of `check_privileges`.
@@ -139,7 +174,7 @@ pub async fn migrate_until(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await?;
-    let result = run(client, table, version).await;
+    let result = run(client, table, migrations, default).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
         .await;
@@ -151,12 +186,12 @@ pub async fn migrate_until(
 async fn run(
     client: &mut Client,
     table: &TableName,
-    version: u32,
+    migrations: &[(&str, &str)],
+    default: &str,
 ) -> Result<Vec<String>, MigrateError> {
-    let migrations = MIGRATIONS
+    let migrations = migrations
         .iter()
-        .take_while(|(name, _)| number(name) <= version)
-        .map(|(name, sql)| Migration::unapplied(name, &table.render_migration(sql)))
+        .map(|(name, sql)| Migration::unapplied(name, &table.render_sql(sql, default)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut runner = Runner::new(&migrations);
     runner.set_migration_table_name(format!("{}_schema_history", table.name()));

@@ -287,19 +287,23 @@ pub async fn listen(client: &tokio_postgres::Client, table: &TableName) -> Resul
     Ok(())
 }
 
-/// Inserts an event through any client or transaction (for applications and tests); returns
+/// Writes an event through any client or transaction (for applications and tests); returns
 /// its id. Use it inside the transaction that makes the business change.
+///
+/// It calls the table's `<table>_enqueue` SQL function (migration V3), which takes the
+/// aggregate's transaction-level advisory lock (`pg_advisory_xact_lock(hashtext(aggregate_id))`)
+/// and inserts in one statement: concurrent writers of one aggregate commit in `seq` order, on
+/// an autocommit client too. A transaction writing several aggregates must write them in a
+/// fixed order (e.g. sorted by `aggregate_id`), or two such transactions can deadlock.
 pub async fn enqueue(
     client: &impl GenericClient,
     table: &TableName,
     event: &NewEvent,
 ) -> Result<Uuid, StoreError> {
     let sql = format!(
-        "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        table.qualified()
+        "SELECT {}($1, $2, $3, $4, $5, $6)",
+        table.derived("_enqueue")
     );
-    let id = event.id.unwrap_or_else(Uuid::new_v4);
     let headers = serde_json::Value::Object(
         event
             .headers
@@ -311,16 +315,16 @@ pub async fn enqueue(
         .query_one(
             &sql,
             &[
-                &id,
                 &event.aggregate_type,
                 &event.aggregate_id,
                 &event.event_type,
                 &event.payload,
                 &headers,
+                &event.id,
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get(0)?)
 }
 
 impl Store {

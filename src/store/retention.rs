@@ -54,9 +54,29 @@ pub async fn purge(
     batch: i64,
     mut on_batch: impl FnMut(u64),
 ) -> Result<u64, StoreError> {
+    in_batches(
+        batch,
+        || purge_batch(client, table, older_than, batch),
+        &mut on_batch,
+    )
+    .await
+}
+
+/// Runs `delete` (one statement deleting at most `batch` rows) until it deletes fewer than
+/// `batch`, pausing between statements, telling `on_batch` each statement's count; returns
+/// the total (also the inbox purge's loop).
+pub async fn in_batches<F, Fut>(
+    batch: i64,
+    mut delete: F,
+    mut on_batch: impl FnMut(u64),
+) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
     let mut total = 0;
     loop {
-        let deleted = purge_batch(client, table, older_than, batch).await?;
+        let deleted = delete().await?;
         on_batch(deleted);
         total += deleted;
         if deleted < u64::try_from(batch).unwrap_or(0) {

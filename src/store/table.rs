@@ -80,7 +80,13 @@ impl TableName {
     /// identifier starting with `outbox_events` gets this table's name instead. Migrations run
     /// with `search_path` set to the table's schema, so unqualified names land there.
     pub fn render_migration(&self, sql: &str) -> String {
-        sql.replace("outbox_events", &self.name)
+        self.render_sql(sql, "outbox_events")
+    }
+
+    /// Renders SQL written for the table name `default` for this table (the same rule as
+    /// [`TableName::render_migration`], for the inbox's `outbox_inbox`).
+    pub fn render_sql(&self, sql: &str, default: &str) -> String {
+        sql.replace(default, &self.name)
     }
 }
 

@@ -550,19 +550,8 @@ pub async fn insert_backlog(
 /// Every message in the test queue, in queue order. Call once publishing has stopped: the
 /// queue depth (all confirmed messages are enqueued) says how many to expect.
 pub async fn drain_queue(broker: &crate::common::TestBroker) -> Vec<crate::common::Received> {
-    let queue = broker
-        .channel
-        .queue_declare(
-            broker.queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let n = queue.message_count() as usize;
+    let (n, _) = broker.queue_state().await;
+    let n = n as usize;
     let mut rx = broker.consume().await;
     crate::common::receive_n(&mut rx, n).await
 }

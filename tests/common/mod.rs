@@ -112,6 +112,17 @@ impl TestDb {
         .await
     }
 
+    /// Every event's `seq`, by event ID (text).
+    pub async fn seqs(&self, client: &Client) -> std::collections::HashMap<String, i64> {
+        client
+            .query("SELECT id::text, seq FROM outbox_events", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
     /// `SELECT count(*) ... WHERE status = $1`.
     pub async fn count(&self, client: &Client, status: &str) -> i64 {
         count_status(client, status).await
@@ -145,26 +156,31 @@ pub async fn relay_sleeps(client: &Client) -> bool {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Best effort, on a separate runtime: Drop cannot be async.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&format!("{}/postgres", pg_server()), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        admin_execute_blocking(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
+}
+
+/// Runs `sql` on the server's `postgres` database, best effort, from synchronous code (a
+/// `Drop`, which cannot be async): on a separate thread and runtime.
+pub fn admin_execute_blocking(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&format!("{}/postgres", pg_server()), NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Connects without TLS and drives the connection in the background.
@@ -312,7 +328,14 @@ impl TestBroker {
                             .collect()
                     })
                     .unwrap_or_default();
+                let seq = props.headers().as_ref().and_then(|h| {
+                    match h.inner().get(&lapin::types::ShortString::from("x-seq")) {
+                        Some(lapin::types::AMQPValue::LongLongInt(n)) => Some(*n),
+                        _ => None,
+                    }
+                });
                 let msg = Received {
+                    seq,
                     message_id: props
                         .message_id()
                         .as_ref()
@@ -335,6 +358,24 @@ impl TestBroker {
         rx
     }
 
+    /// The test queue's ready messages and consumers (a passive declare). Unacked messages
+    /// are not counted until their consumer's channel closed.
+    pub async fn queue_state(&self) -> (u32, u32) {
+        let queue = self
+            .channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (queue.message_count(), queue.consumer_count())
+    }
+
     /// Deletes the queue and exchange.
     pub async fn cleanup(&self) {
         let _ = self
@@ -352,6 +393,8 @@ impl TestBroker {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub message_id: String,
+    /// The `x-seq` header, when it is a long-long integer (the contract's type).
+    pub seq: Option<i64>,
     pub routing_key: String,
     pub body: String,
     pub content_type: Option<String>,
@@ -487,6 +530,20 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An example's binary next to the outbox-relay binary of this build
+/// (`target/<profile>/examples/<name>`). nextest does not build examples: `scripts/test.sh`
+/// (and `scripts/bench-inbox.sh`, for release) build the ones tests and benchmarks run.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let relay = std::path::PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"));
+    let path = relay.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build [--release] --example {name}",
+        path.display()
+    );
+    path
 }
 
 /// A connector for the given URL (for tests that need the library's TLS-aware connect).

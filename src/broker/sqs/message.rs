@@ -1,4 +1,4 @@
-//! Turning an [`OutboxEvent`] into an SQS batch entry: the message contract (body, String
+//! Turning an [`OutboxEvent`] into an SQS batch entry: the message contract (body, message
 //! attributes within SQS's limit of 10, FIFO group and dedupe IDs) and SQS's size accounting.
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
@@ -8,8 +8,21 @@ use crate::{broker::PublishError, store::OutboxEvent};
 /// SQS allows at most this many message attributes.
 pub const MAX_ATTRIBUTES: usize = 10;
 
-/// Attributes every message carries.
-const FIXED: [&str; 4] = ["event_id", "event_type", "aggregate_type", "aggregate_id"];
+/// Attributes every message carries (all of type String but `seq`, see [`data_type`]); the
+/// row's headers get the remaining `MAX_ATTRIBUTES - 5` slots.
+const FIXED: [&str; 5] = [
+    "event_id",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "seq",
+];
+
+/// The SQS data type of attribute `name`: `Number` for `seq` (the event's write order, so
+/// consumers can tell stale versions), `String` for everything else.
+pub fn data_type(name: &str) -> &'static str {
+    if name == "seq" { "Number" } else { "String" }
+}
 
 /// Headers that get an attribute slot before any other header (tracing must get through).
 const PRIORITY_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -48,7 +61,7 @@ pub fn invalid_char(text: &str) -> Option<char> {
     })
 }
 
-/// The attributes for `event`, in priority order: the four fixed ones, then `traceparent`
+/// The attributes for `event`, in priority order: the five fixed ones, then `traceparent`
 /// and `tracestate`, then the other headers by name, up to [`MAX_ATTRIBUTES`]. Headers with
 /// invalid names, empty values or characters SQS does not accept (SQS would refuse the
 /// message), headers named like a fixed attribute, and headers beyond the limit are left out
@@ -60,6 +73,7 @@ pub fn attributes(event: &OutboxEvent) -> (Vec<(String, String)>, Vec<String>) {
         event.event_type.clone(),
         event.aggregate_type.clone(),
         event.aggregate_id.clone(),
+        event.seq.to_string(),
     ]) {
         if !value.is_empty() {
             out.push(((*name).to_owned(), value));
@@ -131,7 +145,7 @@ pub fn build(
     let size = event.payload.len()
         + attrs
             .iter()
-            .map(|(k, v)| k.len() + "String".len() + v.len())
+            .map(|(k, v)| k.len() + data_type(k).len() + v.len())
             .sum::<usize>();
     if size > max_bytes {
         return Err(PublishError::TooLarge {
@@ -144,7 +158,7 @@ pub fn build(
         .message_body(event.payload.clone());
     for (name, value) in attrs {
         let value = MessageAttributeValue::builder()
-            .data_type("String")
+            .data_type(data_type(&name))
             .string_value(value)
             .build()
             .map_err(|e| PublishError::Rejected(e.to_string()))?;
@@ -201,18 +215,20 @@ mod tests {
         assert_eq!(attrs.len(), MAX_ATTRIBUTES);
         let names: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
-            &names[..6],
+            &names[..7],
             &[
                 "event_id",
                 "event_type",
                 "aggregate_type",
                 "aggregate_id",
+                "seq",
                 "traceparent",
                 "a00"
             ]
         );
-        assert_eq!(dropped.len(), 7);
-        assert_eq!(dropped[0], "a05");
+        // Five slots for headers: traceparent and a00..a03.
+        assert_eq!(dropped.len(), 8);
+        assert_eq!(dropped[0], "a04");
     }
 
     #[test]
@@ -259,6 +275,19 @@ mod tests {
         assert_eq!(attrs.iter().filter(|(k, _)| k == "event_id").count(), 1);
         assert_ne!(attrs[0].1, "spoofed");
         assert_eq!(dropped, vec!["event_id".to_owned()]);
+    }
+
+    #[test]
+    fn seq_is_a_number_attribute_and_a_header_cannot_replace_it() {
+        let mut e = event(vec![("seq", "1"), ("tenant", "acme")]);
+        e.seq = 9_007_199_254_740_993;
+        let entry = build(&e, 0, false, 1 << 20).unwrap().entry;
+        let attrs = entry.message_attributes().unwrap();
+        assert_eq!(attrs["seq"].data_type(), "Number");
+        assert_eq!(attrs["seq"].string_value(), Some("9007199254740993"));
+        assert_eq!(attrs["tenant"].data_type(), "String");
+        let (_, dropped) = attributes(&e);
+        assert_eq!(dropped, vec!["seq".to_owned()]);
     }
 
     #[test]
