@@ -338,19 +338,7 @@ async fn raw_broker(
     let started = Instant::now();
     for i in 0..n {
         let sent = Instant::now();
-        let confirm = ch
-            .basic_publish(
-                exchange.as_str().into(),
-                "order.created".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                shape.properties(i),
-            )
-            .await
-            .unwrap();
+        let confirm = publish(&ch, &exchange, &body, shape.properties(i)).await;
         match confirms {
             Confirms::Plain => {
                 plain.push_back(confirm);
@@ -406,6 +394,28 @@ fn rtt_messages(window: usize) -> usize {
 fn order_bound(aggregates: usize, rtt: &BrokerRun) -> Option<f64> {
     (aggregates < RAW_WINDOW && rtt.rtt_p50_ms.is_finite())
         .then(|| aggregates as f64 / (rtt.rtt_p50_ms / 1000.0))
+}
+
+/// One mandatory, persistent-by-properties publish to `exchange` with the routing key every
+/// benchmark message uses; returns its confirm.
+async fn publish(
+    ch: &lapin::Channel,
+    exchange: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::PublisherConfirm {
+    ch.basic_publish(
+        exchange.into(),
+        "order.created".into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        body,
+        properties,
+    )
+    .await
+    .unwrap()
 }
 
 /// A connection with a fresh exchange and queue (bound with `#`) and a confirm-mode channel.
@@ -491,19 +501,8 @@ async fn raw_combined(b: Backlog, batch: usize) -> f64 {
         cursor = last.event.seq;
         for row in rows {
             let event = row.event;
-            let confirm = ch
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "order.created".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    event.payload.as_bytes(),
-                    outbox_relay::broker::rabbitmq::message_properties(&event),
-                )
-                .await
-                .unwrap();
+            let properties = outbox_relay::broker::rabbitmq::message_properties(&event);
+            let confirm = publish(&ch, &exchange, event.payload.as_bytes(), properties).await;
             outstanding.push_back((event.id, confirm));
             while outstanding.len() >= RAW_WINDOW {
                 let (id, confirm) = outstanding.pop_front().unwrap();

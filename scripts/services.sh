@@ -108,6 +108,9 @@ ensure_prometheus() {
   fi
   log "prometheus: installing (Debian package: prometheus, promtool)"
   apt_install --no-install-recommends prometheus
+  # The tests start their own Prometheus on free ports; the package's service (where systemd
+  # starts it) would hold 9090, the relay's default metrics port.
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 }
 
 ensure_chromium() {
