@@ -21,7 +21,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::FieldTable,
 };
-use outbox_relay::{broker::rabbitmq::message_properties, store::OutboxEvent};
+use outbox_relay::{broker::rabbitmq::message_properties, event::OutboxEvent};
 use uuid::Uuid;
 
 /// The tests' harness: server URLs (`OUTBOX_TEST_PG`, `OUTBOX_TEST_AMQP`) and `connect`.

@@ -291,7 +291,7 @@ impl Shape {
                 .with_delivery_mode(2)
                 .with_message_id(i.to_string().into()),
             Shape::Relay => outbox_relay::broker::rabbitmq::message_properties(
-                &outbox_relay::store::OutboxEvent {
+                &outbox_relay::event::OutboxEvent {
                     id: Uuid::new_v4(),
                     seq: i as i64,
                     aggregate_type: "order".into(),
@@ -961,7 +961,7 @@ const SQS_IN_FLIGHT: usize = 8;
 /// 7a. The emulator's own limit: SendMessageBatch of 10 entries, 8 calls in flight, each
 /// entry exactly what the relay sends for such an event (same body and attributes).
 async fn raw_sqs(n: usize, payload: usize, aggregates: usize) -> f64 {
-    use outbox_relay::{broker::sqs::message, store::OutboxEvent};
+    use outbox_relay::{broker::sqs::message, event::OutboxEvent};
     let client = sqs_client();
     let queue = sqs_queue(&client).await;
     let body = serde_json::json!({ "i": 0, "pad": "x".repeat(payload.saturating_sub(40)) });

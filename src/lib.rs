@@ -37,6 +37,7 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod event;
 pub mod inbox;
 pub mod ops;
 pub mod relay;

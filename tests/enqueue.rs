@@ -9,7 +9,10 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
-use outbox_relay::store::{NewEvent, StoreError, TableName, enqueue, migrate::migrate};
+use outbox_relay::{
+    event::NewEvent,
+    store::{StoreError, TableName, enqueue, migrate::migrate},
+};
 use rand::Rng;
 use tokio_postgres::{Client, error::SqlState};
 use uuid::Uuid;

@@ -13,7 +13,7 @@ use common::{
 };
 use outbox_relay::{
     broker::{Outcome, PublishError, Publisher},
-    store::OutboxEvent,
+    event::OutboxEvent,
 };
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;

@@ -357,9 +357,9 @@ async fn event_goes_dead_after_max_attempts_and_stops_blocking() {
 }
 
 /// One publish call with routable and unroutable events interleaved.
-fn mixed_events(call: usize, n: usize) -> Vec<outbox_relay::store::OutboxEvent> {
+fn mixed_events(call: usize, n: usize) -> Vec<outbox_relay::event::OutboxEvent> {
     (0..n)
-        .map(|i| outbox_relay::store::OutboxEvent {
+        .map(|i| outbox_relay::event::OutboxEvent {
             id: uuid::Uuid::new_v4(),
             seq: i as i64,
             aggregate_type: if i % 3 == 0 { "invoice" } else { "order" }.into(),

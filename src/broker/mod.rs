@@ -12,7 +12,7 @@ pub mod sqs;
 
 use std::future::Future;
 
-use crate::store::OutboxEvent;
+use crate::event::OutboxEvent;
 
 /// Why one event was not accepted. The relay's error policy
 /// ([`crate::relay::policy`]) maps each kind to retry, dead or pause.

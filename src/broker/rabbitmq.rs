@@ -30,7 +30,7 @@ use lapin::{
 use tokio::sync::Semaphore;
 
 use super::{Outcome, PublishError, Publisher, routing::RoutingTemplate};
-use crate::{config::RabbitMqConfig, store::OutboxEvent};
+use crate::{config::RabbitMqConfig, event::OutboxEvent};
 
 /// Channels opened per connection unless [`RabbitMqPublisher::with_channels`] says otherwise.
 pub const DEFAULT_CHANNELS: usize = 4;

@@ -1,7 +1,7 @@
 //! Routing-key templates: `{aggregate_type}.{event_type}` and friends, parsed once at start-up
 //! so a typo is a config error, not a runtime surprise.
 
-use crate::store::OutboxEvent;
+use crate::event::OutboxEvent;
 
 /// A template placeholder that does not exist, or unbalanced braces.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -82,18 +82,7 @@ mod tests {
     use super::*;
 
     fn event() -> OutboxEvent {
-        OutboxEvent {
-            id: uuid::Uuid::nil(),
-            seq: 1,
-            aggregate_type: "order".into(),
-            aggregate_id: "42".into(),
-            event_type: "created".into(),
-            payload: "{}".into(),
-            headers: vec![],
-            created_at: std::time::SystemTime::UNIX_EPOCH,
-            attempts: 0,
-            bucket: 0,
-        }
+        OutboxEvent::fixture()
     }
 
     #[test]

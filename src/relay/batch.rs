@@ -19,11 +19,12 @@ use super::{
 use crate::{
     backoff::ReconnectBackoff,
     broker::{PublishError, Publisher},
+    event::OutboxEvent,
     ops::{
         health::Health,
         metrics::{DestinationLabel, Metrics, ReasonLabel},
     },
-    store::{Failure, OutboxEvent, Store},
+    store::{Failure, Store},
 };
 
 /// Shared dependencies of publish calls and settles.

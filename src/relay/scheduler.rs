@@ -16,7 +16,7 @@ use std::{
 
 use uuid::Uuid;
 
-use crate::store::OutboxEvent;
+use crate::event::OutboxEvent;
 
 /// One queued event and when it may be published (a retry waits out its backoff).
 #[derive(Debug)]
@@ -328,20 +328,14 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     fn ev(seq: i64, aggregate: &str) -> OutboxEvent {
         OutboxEvent {
             id: Uuid::new_v4(),
             seq,
-            aggregate_type: "t".into(),
             aggregate_id: aggregate.into(),
-            event_type: "e".into(),
-            payload: "{}".into(),
-            headers: vec![],
-            created_at: SystemTime::now(),
-            attempts: 0,
             bucket: i32::from(aggregate.as_bytes()[0] % 4),
+            ..OutboxEvent::fixture()
         }
     }
 

@@ -26,7 +26,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-pub use event::{NewEvent, OutboxEvent};
+use crate::event::{NewEvent, OutboxEvent};
 pub use queries::{Queries, READ_SETTINGS};
 pub use table::{InvalidTableName, TableName};
 
@@ -210,7 +210,7 @@ impl Store {
             .map(|row| {
                 let due_in_ms: i64 = row.try_get("due_in_ms")?;
                 Ok(ReadRow {
-                    event: OutboxEvent::from_row(row)?,
+                    event: event::from_row(row)?,
                     due_in: Duration::from_millis(u64::try_from(due_in_ms).unwrap_or(0)),
                     prev_seq: row.try_get("prev_seq")?,
                 })

@@ -17,7 +17,7 @@ use std::{
 
 use outbox_relay::{
     broker::{Outcome, PublishError, Publisher},
-    store::OutboxEvent,
+    event::OutboxEvent,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

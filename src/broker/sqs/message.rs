@@ -3,7 +3,7 @@
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
-use crate::{broker::PublishError, store::OutboxEvent};
+use crate::{broker::PublishError, event::OutboxEvent};
 
 /// SQS allows at most this many message attributes.
 pub const MAX_ATTRIBUTES: usize = 10;
@@ -187,19 +187,12 @@ mod tests {
 
     fn event(headers: Vec<(&str, &str)>) -> OutboxEvent {
         OutboxEvent {
-            id: uuid::Uuid::nil(),
-            seq: 1,
-            aggregate_type: "order".into(),
-            aggregate_id: "42".into(),
-            event_type: "created".into(),
             payload: "{\"a\":1}".into(),
             headers: headers
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            created_at: std::time::SystemTime::UNIX_EPOCH,
-            attempts: 0,
-            bucket: 0,
+            ..OutboxEvent::fixture()
         }
     }
 

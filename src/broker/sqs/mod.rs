@@ -31,7 +31,7 @@ use self::{
     outcome::{CallFailure, classify, describe, entry_outcomes},
 };
 use super::{Outcome, PublishError, Publisher};
-use crate::{config::SqsConfig, store::OutboxEvent};
+use crate::{config::SqsConfig, event::OutboxEvent};
 
 pub use message::{MAX_ATTRIBUTES, attributes, valid_attribute_name};
 
@@ -323,16 +323,8 @@ mod tests {
 
     fn event(aggregate_type: &str) -> OutboxEvent {
         OutboxEvent {
-            id: uuid::Uuid::nil(),
-            seq: 1,
             aggregate_type: aggregate_type.into(),
-            aggregate_id: "42".into(),
-            event_type: "created".into(),
-            payload: "{}".into(),
-            headers: vec![],
-            created_at: std::time::SystemTime::UNIX_EPOCH,
-            attempts: 0,
-            bucket: 0,
+            ..OutboxEvent::fixture()
         }
     }
 
