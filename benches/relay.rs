@@ -43,7 +43,8 @@ use lapin::{
     },
     types::FieldTable,
 };
-use outbox_relay::store::{DispatchMode, Store, TableName, connect::Connector, migrate};
+use outbox_relay::config::TableName;
+use outbox_relay::store::{DispatchMode, Store, connect::Connector, migrate};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 

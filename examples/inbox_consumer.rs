@@ -38,8 +38,9 @@ use lapin::{
 };
 use outbox_relay::{
     backoff::ReconnectBackoff,
+    config::TableName,
     inbox::{Inbox, Recorded},
-    store::{TableName, connect::Connector},
+    store::connect::Connector,
 };
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;

@@ -14,7 +14,10 @@ use std::{collections::HashSet, time::Duration};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::store::{StoreError, TableName, retention};
+use crate::{
+    config::TableName,
+    store::{StoreError, retention},
+};
 
 /// One consumer's view of the inbox table.
 #[derive(Debug, Clone)]

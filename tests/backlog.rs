@@ -15,7 +15,8 @@ use common::{
 };
 use outbox_relay::{
     broker::rabbitmq::RabbitMqPublisher,
-    store::{Queries, READ_SETTINGS, TableName},
+    config::TableName,
+    store::{Queries, READ_SETTINGS},
 };
 
 /// The plan of the read, for a generic or a custom plan, on a loaded table never analyzed.

@@ -10,8 +10,9 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 use outbox_relay::{
+    config::TableName,
     event::NewEvent,
-    store::{StoreError, TableName, enqueue, migrate::migrate},
+    store::{StoreError, enqueue, migrate::migrate},
 };
 use rand::Rng;
 use tokio_postgres::{Client, error::SqlState};

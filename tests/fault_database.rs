@@ -79,7 +79,9 @@ async fn outcome_is_settled_after_the_database_comes_back() {
     );
     let proxy = Proxy::start(target.parse().unwrap()).await;
     let mut config = relay_config(&db, &broker);
-    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name)
+        .parse()
+        .unwrap();
     let (publisher, fault) = Faulty::new(
         RabbitMqPublisher::new(&config.broker.rabbitmq, config.relay.publish_timeout).unwrap(),
     );

@@ -15,7 +15,7 @@ use std::{
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::{faults::*, *};
-use outbox_relay::{inbox::Inbox, store::TableName};
+use outbox_relay::{config::TableName, inbox::Inbox};
 use uuid::Uuid;
 
 /// Runs `outbox-relay <args> --database-url <url>` with only the test's `OUTBOX_RELAY_*`

@@ -610,7 +610,9 @@ async fn readyz_follows_the_database_connection() {
     );
     let proxy = Proxy::start(target.parse().unwrap()).await;
     let mut config = relay_config(&db, &broker);
-    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name)
+        .parse()
+        .unwrap();
     config.database.connect_timeout = Duration::from_secs(1);
     let relay = start_relay(&config);
     let stop = CancellationToken::new();

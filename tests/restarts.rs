@@ -17,7 +17,7 @@ use common::{
     servers::{Cluster, RabbitNode},
     *,
 };
-use outbox_relay::store::{TableName, migrate::migrate};
+use outbox_relay::{config::TableName, store::migrate::migrate};
 use uuid::Uuid;
 
 /// Stops a server with `stop` until the relay at `addr` reports not ready, starts it with

@@ -7,7 +7,6 @@
 //! call, so backends need not care about ordering across the slice.
 
 pub mod rabbitmq;
-pub mod routing;
 pub mod sqs;
 
 use std::future::Future;

@@ -29,8 +29,11 @@ use lapin::{
 };
 use tokio::sync::Semaphore;
 
-use super::{Outcome, PublishError, Publisher, routing::RoutingTemplate};
-use crate::{config::RabbitMqConfig, event::OutboxEvent};
+use super::{Outcome, PublishError, Publisher};
+use crate::{
+    config::{RabbitMqConfig, RoutingTemplate},
+    event::OutboxEvent,
+};
 
 /// Channels opened per connection unless [`RabbitMqPublisher::with_channels`] says otherwise.
 pub const DEFAULT_CHANNELS: usize = 4;
@@ -61,8 +64,6 @@ pub struct RabbitMqPublisher {
 impl RabbitMqPublisher {
     /// Builds the publisher (no I/O; call [`Publisher::connect`]).
     pub fn new(config: &RabbitMqConfig, publish_timeout: Duration) -> Result<Self, PublishError> {
-        let routing = RoutingTemplate::parse(&config.routing_key)
-            .map_err(|e| PublishError::Rejected(e.to_string()))?;
         let cert_chain = match &config.ca_file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 PublishError::Unavailable(format!("cannot read {}: {e}", path.display()))
@@ -72,7 +73,7 @@ impl RabbitMqPublisher {
         Ok(Self {
             url: config.url.clone(),
             exchange: config.exchange.clone(),
-            routing,
+            routing: config.routing_key.clone(),
             tls: OwnedTLSConfig {
                 identity: None,
                 cert_chain,

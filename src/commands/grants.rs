@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use super::CommandError;
 use crate::{
     config::Config,
-    store::{
-        TableName,
-        connect::parse_url,
-        grants::{self, Roles},
-    },
+    store::grants::{self, Roles},
 };
 
 /// Prints the grants for the given roles.
@@ -24,10 +20,7 @@ pub fn grants(
             return Err(CommandError::usage(format!("{flag} must name a role")));
         }
     }
-    let table = TableName::parse(&config.database.table)
-        .map_err(|e| CommandError::usage(format!("config key `database.table`: {e}")))?;
-    let target = parse_url(&config.database.url)
-        .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?;
+    let target = config.database.url.target();
     // libpq's default database is the user's name.
     let database = target
         .config
@@ -35,7 +28,7 @@ pub fn grants(
         .or(target.config.get_user())
         .unwrap_or("postgres");
     crate::telemetry::out(&grants::statements(
-        &table,
+        &config.database.table,
         database,
         &Roles { relay, producer },
     ));

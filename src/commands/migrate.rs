@@ -2,36 +2,24 @@
 
 use std::process::ExitCode;
 
-use super::{CommandError, open_table};
+use super::{CommandError, connect};
 use crate::{
-    config::Config,
-    store::{TableName, migrate},
+    config::{Config, TableName},
+    store::migrate,
 };
 
 /// Applies the schema for `database.table`.
 pub async fn migrate(config: &Config) -> Result<ExitCode, CommandError> {
-    let (mut client, table) = open_table(
-        config,
-        "database.table",
-        &config.database.table,
-        "outbox-relay-migrate",
-    )
-    .await?;
-    let applied = migrate::migrate(&mut client, &table).await;
-    report(applied, &table)
+    let mut client = connect(config, "outbox-relay-migrate").await?;
+    let table = &config.database.table;
+    report(migrate::migrate(&mut client, table).await, table)
 }
 
 /// Applies the inbox schema for `inbox.table` to the consumer's database (`database.url`).
 pub async fn migrate_inbox(config: &Config) -> Result<ExitCode, CommandError> {
-    let (mut client, table) = open_table(
-        config,
-        "inbox.table",
-        &config.inbox.table,
-        "outbox-relay-migrate",
-    )
-    .await?;
-    let applied = migrate::migrate_inbox(&mut client, &table).await;
-    report(applied, &table)
+    let mut client = connect(config, "outbox-relay-migrate").await?;
+    let table = &config.inbox.table;
+    report(migrate::migrate_inbox(&mut client, table).await, table)
 }
 
 /// Prints what was applied (or that nothing was needed).

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use crate::{
     cli::{Command, DeadCommand},
-    config::Config,
-    store::{TableName, admin::ReplaySelection, connect::Connector},
+    config::{Config, DatabaseUrl, TableName},
+    store::{admin::ReplaySelection, connect::Connector},
 };
 
 pub use migrate::migrate;
@@ -118,15 +118,14 @@ pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, Comm
 /// `--database-url` overrides `database.url` (validated like it, the error naming the flag).
 fn with_database_url(mut config: Config, url: Option<String>) -> Result<Config, CommandError> {
     if let Some(url) = url {
-        crate::store::connect::parse_url(&url)
+        config.database.url = DatabaseUrl::parse(&url)
             .map_err(|e| CommandError::usage(format!("--database-url: {e}")))?;
-        config.database.url = url;
     }
     Ok(config)
 }
 
 /// Turns a database error into an actionable one-liner.
-pub fn database_error(error: &crate::store::StoreError, table: &str) -> CommandError {
+pub fn database_error(error: &crate::store::StoreError, table: &TableName) -> CommandError {
     if error.is_missing_table() {
         CommandError::failure(format!(
             "the outbox table `{table}` does not exist: run `outbox-relay migrate` first"
@@ -157,42 +156,26 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     line
 }
 
-/// Opens one dedicated connection for an operator command and validates the table name.
+/// Opens one dedicated connection for an operator command and names the outbox table.
 async fn open_outbox(config: &Config) -> Result<(tokio_postgres::Client, TableName), CommandError> {
-    open_table(
-        config,
-        "database.table",
-        &config.database.table,
-        "outbox-relay-cli",
-    )
-    .await
+    let client = connect(config, "outbox-relay-cli").await?;
+    Ok((client, config.database.table.clone()))
 }
 
-/// Opens one dedicated connection to `database.url` (as `application_name`) and validates
-/// the table name `table` found at config key `key`.
-async fn open_table(
+/// Opens one dedicated connection to `database.url` (as `application_name`) through the
+/// connector the daemon uses too ([`Connector::from_config`]).
+async fn connect(
     config: &Config,
-    key: &str,
-    table: &str,
     application_name: &str,
-) -> Result<(tokio_postgres::Client, TableName), CommandError> {
-    let table = TableName::parse(table)
-        .map_err(|e| CommandError::usage(format!("config key `{key}`: {e}")))?;
-    let connector = Connector::new(
-        &config.database.url,
-        config.database.ca_file.as_deref(),
-        application_name,
-        config.database.connect_timeout,
-    )
-    .map_err(|e| CommandError::usage(format!("config key `database.url`: {e}")))?
-    .with_password_file(config.database.password_file.as_deref())
-    .map_err(|e| CommandError::usage(e.to_string()))?;
+) -> Result<tokio_postgres::Client, CommandError> {
+    let connector = Connector::from_config(&config.database, application_name)
+        .map_err(|e| CommandError::usage(e.to_string()))?;
     // Notices are not read: the connection keeps running without a listener.
     let (client, _notices) = connector
         .connect_dedicated()
         .await
         .map_err(|e| unreachable(&e))?;
-    Ok((client, table))
+    Ok(client)
 }
 
 /// A failed connection attempt of an operator command (no retries: the operator is there).

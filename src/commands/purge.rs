@@ -5,7 +5,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use super::{CommandError, database_error, open_outbox, open_table};
+use super::{CommandError, connect, database_error, open_outbox};
 use crate::{config::Config, inbox, store::retention};
 
 /// Purges and prints how many rows were deleted.
@@ -24,15 +24,10 @@ pub async fn purge(config: &Config, older_than: Duration) -> Result<ExitCode, Co
 
 /// Purges inbox rows received longer than `older_than` ago and prints how many.
 pub async fn purge_inbox(config: &Config, older_than: Duration) -> Result<ExitCode, CommandError> {
-    let (client, table) = open_table(
-        config,
-        "inbox.table",
-        &config.inbox.table,
-        "outbox-relay-cli",
-    )
-    .await?;
+    let client = connect(config, "outbox-relay-cli").await?;
+    let table = &config.inbox.table;
     let batch = i64::try_from(config.retention.batch_size).unwrap_or(i64::MAX);
-    let deleted = inbox::purge(&client, &table, older_than, batch)
+    let deleted = inbox::purge(&client, table, older_than, batch)
         .await
         .map_err(|e| {
             if e.is_missing_table() {
@@ -41,7 +36,7 @@ pub async fn purge_inbox(config: &Config, older_than: Duration) -> Result<ExitCo
                      against the consumer's database first"
                 ))
             } else {
-                database_error(&e, &config.inbox.table)
+                database_error(&e, table)
             }
         })?;
     crate::telemetry::out(&format!(

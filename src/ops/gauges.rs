@@ -22,7 +22,8 @@ use super::{
 };
 use crate::{
     config::StatusPage,
-    store::{StoreError, TableName, admin, status},
+    config::TableName,
+    store::{StoreError, admin, status},
 };
 
 /// Dead events on the `details` page.

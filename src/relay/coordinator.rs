@@ -29,9 +29,9 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::ReconnectBackoff;
+use crate::config::TableName;
 use crate::ops::{health::Health, metrics::Metrics};
 use crate::store::{
-    TableName,
     connect::{ConnectError, Connector},
     coordination::LockSession,
 };

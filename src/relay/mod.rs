@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{PublishError, Publisher},
-    config::{Config, RelayMode},
+    config::{Config, ConfigError, RelayMode},
     ops::{health::Health, metrics::Metrics, snapshot::Snapshot},
     store::{
-        DispatchMode, Store, StoreError, TableName,
+        DispatchMode, Store, StoreError,
         connect::{ConnectError, Connector},
         gate::AttemptCounters,
     },
@@ -37,9 +37,9 @@ pub enum RelayError {
     /// The outbox table is missing or unreadable.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The table name is invalid.
+    /// The configuration breaks a rule (a `Config` built in code, not loaded).
     #[error(transparent)]
-    Table(#[from] crate::store::InvalidTableName),
+    Config(#[from] ConfigError),
 }
 
 /// A configured relay, ready to run.
@@ -56,14 +56,9 @@ pub struct Relay<P: Publisher> {
 impl<P: Publisher> Relay<P> {
     /// Builds a relay from `config` publishing through `publisher` (no I/O yet).
     pub fn new(config: &Config, publisher: P) -> Result<Self, RelayError> {
-        let table = TableName::parse(&config.database.table)?;
-        let connector = Connector::new(
-            &config.database.url,
-            config.database.ca_file.as_deref(),
-            "outbox-relay",
-            config.database.connect_timeout,
-        )?
-        .with_password_file(config.database.password_file.as_deref())?;
+        config.validate()?;
+        let table = config.database.table.clone();
+        let connector = Connector::from_config(&config.database, "outbox-relay")?;
         let pool = connector.pool(config.database.pool_size)?;
         let dispatch = if config.retention.dispatched.is_zero() {
             DispatchMode::Delete

@@ -9,7 +9,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::ReconnectBackoff;
-use crate::store::{TableName, connect::Connector};
+use crate::{config::TableName, store::connect::Connector};
 
 /// A wake-up signal shared by the listener and the pipeline.
 #[derive(Clone, Default)]

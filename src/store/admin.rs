@@ -7,7 +7,8 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{StoreError, TableName};
+use super::StoreError;
+use crate::config::TableName;
 
 /// A dead event as listed by `outbox-relay dead list`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,43 +11,18 @@ use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
-use tokio_postgres::{Client, config::SslMode};
+use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::gate::{self, Gate};
-
-/// How the server certificate is checked (libpq's `sslmode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// No TLS.
-    Disable,
-    /// TLS if the server offers it, certificate not verified (libpq `prefer`, the default).
-    Prefer,
-    /// TLS required, certificate not verified (libpq `require` without `sslrootcert`).
-    Require,
-    /// TLS required, certificate chain verified, host name not.
-    VerifyCa,
-    /// TLS required, certificate chain and host name verified.
-    VerifyFull,
-}
-
-/// A parsed `database.url`.
-#[derive(Debug, Clone)]
-pub struct PgTarget {
-    /// The tokio-postgres connection settings (sslmode mapped to what it understands).
-    pub config: tokio_postgres::Config,
-    /// Certificate verification mode.
-    pub tls: TlsMode,
-    /// `sslrootcert` from the URL.
-    pub root_cert: Option<PathBuf>,
-}
+use crate::config::{DatabaseConfig, DatabaseUrl, InvalidUrl, PgTarget, TlsMode};
 
 /// Problems turning `database.url` into a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL cannot be parsed.
-    #[error("invalid database URL: {0}")]
-    InvalidUrl(String),
+    #[error(transparent)]
+    InvalidUrl(#[from] InvalidUrl),
     /// A CA file cannot be read.
     #[error("cannot read CA certificates from {path}: {message}")]
     CaFile {
@@ -82,78 +57,6 @@ pub enum ConnectError {
     /// Connecting took longer than `database.connect_timeout`.
     #[error("cannot connect to Postgres: {0}")]
     Timeout(String),
-}
-
-/// Parses a libpq-style URL or key/value string.
-pub fn parse_url(url: &str) -> Result<PgTarget, ConnectError> {
-    let mut tls = TlsMode::Prefer;
-    let mut root_cert = None;
-    let mut take = |key: &str, value: &str| -> Result<bool, ConnectError> {
-        match key {
-            "sslmode" => {
-                tls = match value {
-                    "disable" => TlsMode::Disable,
-                    "allow" | "prefer" => TlsMode::Prefer,
-                    "require" => TlsMode::Require,
-                    "verify-ca" => TlsMode::VerifyCa,
-                    "verify-full" => TlsMode::VerifyFull,
-                    other => {
-                        return Err(ConnectError::InvalidUrl(format!(
-                            "unknown sslmode `{other}`"
-                        )));
-                    }
-                };
-                Ok(true)
-            }
-            "sslrootcert" => {
-                root_cert = Some(PathBuf::from(value));
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    };
-    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut parsed =
-            url::Url::parse(url).map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
-        let mut kept = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            if !take(&k, &v)? {
-                kept.push((k.into_owned(), v.into_owned()));
-            }
-        }
-        if kept.is_empty() {
-            parsed.set_query(None);
-        } else {
-            parsed.query_pairs_mut().clear().extend_pairs(kept);
-        }
-        parsed.to_string()
-    } else {
-        let mut kept = Vec::new();
-        for token in url.split_whitespace() {
-            let (k, v) = token.split_once('=').unwrap_or((token, ""));
-            if !take(k, v)? {
-                kept.push(token);
-            }
-        }
-        kept.join(" ")
-    };
-    let mut config: tokio_postgres::Config = rest
-        .parse()
-        .map_err(|e: tokio_postgres::Error| ConnectError::InvalidUrl(e.to_string()))?;
-    if root_cert.is_some() && tls == TlsMode::Require {
-        // libpq: `require` with a root certificate behaves like `verify-ca`.
-        tls = TlsMode::VerifyCa;
-    }
-    config.ssl_mode(match tls {
-        TlsMode::Disable => SslMode::Disable,
-        TlsMode::Prefer => SslMode::Prefer,
-        _ => SslMode::Require,
-    });
-    Ok(PgTarget {
-        config,
-        tls,
-        root_cert,
-    })
 }
 
 /// Everything needed to open connections: the parsed target plus the TLS connector.
@@ -197,15 +100,45 @@ impl PasswordFile {
 }
 
 impl Connector {
-    /// Builds a connector for `url`, trusting the system roots plus `ca_file` and the URL's
-    /// `sslrootcert`. `application_name` identifies the relay in `pg_stat_activity`.
+    /// The connector `database` configures: its URL, CA file, connect timeout and password
+    /// file. `application_name` identifies the relay in `pg_stat_activity`. The relay and
+    /// every command open the database through this.
+    pub fn from_config(
+        database: &DatabaseConfig,
+        application_name: &str,
+    ) -> Result<Self, ConnectError> {
+        Self::for_target(
+            database.url.target().clone(),
+            database.ca_file.as_deref(),
+            application_name,
+            database.connect_timeout,
+        )?
+        .with_password_file(database.password_file.as_deref())
+    }
+
+    /// Builds a connector for `url` (for tools and tests that have a URL, not a config),
+    /// trusting the system roots plus `ca_file` and the URL's `sslrootcert`.
     pub fn new(
         url: &str,
         ca_file: Option<&std::path::Path>,
         application_name: &str,
         connect_timeout: Duration,
     ) -> Result<Self, ConnectError> {
-        let mut target = parse_url(url)?;
+        let url = DatabaseUrl::parse(url)?;
+        Self::for_target(
+            url.target().clone(),
+            ca_file,
+            application_name,
+            connect_timeout,
+        )
+    }
+
+    fn for_target(
+        mut target: PgTarget,
+        ca_file: Option<&std::path::Path>,
+        application_name: &str,
+        connect_timeout: Duration,
+    ) -> Result<Self, ConnectError> {
         if target.config.get_application_name().is_none() {
             target.config.application_name(application_name);
         }
@@ -597,19 +530,5 @@ mod tests {
             error.to_string().contains("database.password_file"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn maps_libpq_sslmodes() {
-        let t = parse_url("postgres://u@h/db?sslmode=verify-full&application_name=x").unwrap();
-        assert_eq!(t.tls, TlsMode::VerifyFull);
-        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
-        assert_eq!(t.config.get_application_name(), Some("x"));
-        let t = parse_url("host=h user=u sslmode=verify-ca sslrootcert=/ca.pem").unwrap();
-        assert_eq!(t.tls, TlsMode::VerifyCa);
-        assert_eq!(t.root_cert, Some(PathBuf::from("/ca.pem")));
-        let t = parse_url("postgres://u@h/db").unwrap();
-        assert_eq!(t.tls, TlsMode::Prefer);
-        assert!(parse_url("postgres://u@h/db?sslmode=bogus").is_err());
     }
 }

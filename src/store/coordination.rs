@@ -6,7 +6,7 @@
 
 use tokio_postgres::Client;
 
-use super::TableName;
+use crate::config::TableName;
 
 /// A coordination session: one dedicated connection and the table's OID.
 pub struct LockSession {

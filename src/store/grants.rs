@@ -2,7 +2,7 @@
 //! table: the relay's runtime role (`run`, `status`, `dead list`, `replay`, `purge`) and the
 //! producers' role (INSERT, and EXECUTE on `<table>_enqueue`). Printed by `outbox-relay grants`; the owner runs `migrate`.
 
-use super::TableName;
+use crate::config::TableName;
 
 /// The roles to print grants for (at least one).
 #[derive(Debug, Clone, Default)]

@@ -7,7 +7,7 @@
 use refinery::{Migration, Runner};
 use tokio_postgres::Client;
 
-use super::TableName;
+use crate::config::TableName;
 
 /// The migrations, in order. Their text is written for the default table name
 /// `outbox_events` and rendered for the configured one.

@@ -18,7 +18,6 @@ pub mod migrate;
 mod queries;
 pub mod retention;
 pub mod status;
-mod table;
 
 use std::time::Duration;
 
@@ -26,9 +25,11 @@ use deadpool_postgres::Pool;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::event::{NewEvent, OutboxEvent};
+use crate::{
+    config::TableName,
+    event::{NewEvent, OutboxEvent},
+};
 pub use queries::{Queries, READ_SETTINGS};
-pub use table::{InvalidTableName, TableName};
 
 /// A failure talking to Postgres. Callers branch on [`StoreError::is_connection`]: a lost
 /// connection means "database down, retry later", anything else is a bug or a schema problem.

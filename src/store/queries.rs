@@ -1,7 +1,7 @@
 //! SQL text rendered once for the configured table. Identifiers come from a validated
 //! [`TableName`]; every value is a bind parameter.
 
-use super::TableName;
+use crate::config::TableName;
 
 /// Advisory-lock namespace shared with the NOTIFY trigger (`'outb'` in the high 32 bits, the
 /// table's oid in the low 32 bits).

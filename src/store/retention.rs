@@ -14,7 +14,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
-use super::{StoreError, TableName};
+use super::StoreError;
+use crate::config::TableName;
 
 /// Pause between two batches of one purge run, to leave room for producers and the relay.
 const BATCH_PAUSE: Duration = Duration::from_millis(10);

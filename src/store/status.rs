@@ -19,7 +19,8 @@ use std::{
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use super::{StoreError, TableName};
+use super::StoreError;
+use crate::config::TableName;
 
 /// Pending and dead counts and ages for one aggregate type.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -28,10 +28,10 @@ use lapin::{
 };
 use outbox_relay::{
     broker::{Publisher, rabbitmq::RabbitMqPublisher},
-    config::{Config, RelayMode},
+    config::{Config, RelayMode, TableName},
     ops::{health::Health, metrics::Metrics, snapshot::Snapshot},
     relay::Relay,
-    store::{TableName, connect::Connector, migrate::migrate},
+    store::{connect::Connector, migrate::migrate},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_postgres::{Client, NoTls};
@@ -432,7 +432,7 @@ pub async fn receive_n(rx: &mut mpsc::UnboundedReceiver<Received>, n: usize) -> 
 /// A relay configuration for tests: fast intervals, the given database and exchange.
 pub fn relay_config(db: &TestDb, broker: &TestBroker) -> Config {
     let mut config = Config::default();
-    config.database.url = db.url.clone();
+    config.database.url = db.url.parse().expect("a test database URL");
     config.database.pool_size = 4;
     config.relay.mode = RelayMode::Notify;
     config.relay.poll_interval = Duration::from_millis(200);

@@ -144,7 +144,7 @@ pub fn system_attr(message: &Message, name: MessageSystemAttributeName) -> Optio
 /// A relay configuration publishing to `queue_url` through the emulator.
 pub fn sqs_config(db: &TestDb, queue_url: &str) -> Config {
     let mut config = Config::default();
-    config.database.url = db.url.clone();
+    config.database.url = db.url.parse().expect("a test database URL");
     config.database.pool_size = 4;
     config.relay.mode = RelayMode::Notify;
     config.relay.poll_interval = Duration::from_millis(200);

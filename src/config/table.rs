@@ -17,8 +17,10 @@ const MAX_NAME_LEN: usize = 40;
 )]
 pub struct InvalidTableName(String);
 
-/// A validated, optionally schema-qualified table name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated, optionally schema-qualified table name (`database.table`, `inbox.table`:
+/// parsed when the configuration loads).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TableName {
     schema: Option<String>,
     name: String,
@@ -87,6 +89,20 @@ impl TableName {
     /// [`TableName::render_migration`], for the inbox's `outbox_inbox`).
     pub fn render_sql(&self, sql: &str, default: &str) -> String {
         sql.replace(default, &self.name)
+    }
+}
+
+impl TryFrom<String> for TableName {
+    type Error = InvalidTableName;
+
+    fn try_from(raw: String) -> Result<Self, InvalidTableName> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<TableName> for String {
+    fn from(table: TableName) -> String {
+        table.to_string()
     }
 }
 

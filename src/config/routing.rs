@@ -24,10 +24,28 @@ enum Part {
     EventType,
 }
 
-/// A parsed routing template.
-#[derive(Debug, Clone, PartialEq)]
+/// A parsed routing template (`broker.rabbitmq.routing_key`: parsed when the configuration
+/// loads).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct RoutingTemplate {
+    /// The template as written, shown by `outbox-relay config`.
+    source: String,
     parts: Vec<Part>,
+}
+
+impl TryFrom<String> for RoutingTemplate {
+    type Error = TemplateError;
+
+    fn try_from(raw: String) -> Result<Self, TemplateError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<RoutingTemplate> for String {
+    fn from(template: RoutingTemplate) -> String {
+        template.source
+    }
 }
 
 impl RoutingTemplate {
@@ -59,7 +77,10 @@ impl RoutingTemplate {
                 }
             }
         }
-        Ok(Self { parts })
+        Ok(Self {
+            source: template.to_owned(),
+            parts,
+        })
     }
 
     /// Renders the template for one event.
