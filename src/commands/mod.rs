@@ -1,5 +1,6 @@
-//! One function per subcommand: they turn a validated [`Config`] into work and an exit code.
-//! Errors are one line for humans and say what to do next.
+//! One function per subcommand, one file each: they turn a validated [`Config`] into work
+//! and an exit code, and render what they print (text for people, `--json` for scripts)
+//! beside themselves. Errors are one line for humans and say what to do next.
 
 mod dead;
 mod grants;
@@ -187,6 +188,6 @@ pub(crate) fn unreachable(error: &crate::store::connect::ConnectError) -> Comman
 
 /// `--json` output, or a one-line error.
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CommandError> {
-    crate::ops::render::json(value)
+    serde_json::to_string_pretty(value)
         .map_err(|e| CommandError::failure(format!("cannot render JSON: {e}")))
 }

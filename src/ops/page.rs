@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{render::age, snapshot::StatusDocument};
+use super::snapshot::StatusDocument;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -202,6 +202,21 @@ fn latest_dead(out: &mut String, doc: &StatusDocument) {
         );
     }
     out.push_str("</table>");
+}
+
+/// Seconds as a short human duration (`3m 12s`), `<1s` below a second, `-` for none.
+pub fn age(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".to_owned(),
+        Some(s) => {
+            let d = std::time::Duration::from_secs(s.max(0.0).round() as u64);
+            if d.is_zero() {
+                "<1s".to_owned()
+            } else {
+                humantime::format_duration(d).to_string()
+            }
+        }
+    }
 }
 
 #[cfg(test)]
