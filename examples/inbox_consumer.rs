@@ -379,7 +379,7 @@ async fn main() -> Result<()> {
     let mut backoff = ReconnectBackoff::new();
     let mut counters = Counters::default();
     while !stop.is_cancelled() {
-        let result = match connect_pg(&args, counters).await {
+        let result = match Box::pin(connect_pg(&args, counters)).await {
             Ok(mut consumer) => {
                 let result = match args.broker {
                     Broker::Rabbitmq => rabbitmq(&args, &mut consumer, &mut backoff, &stop).await,

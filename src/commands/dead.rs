@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Lists dead events.
-pub async fn list(
+pub(super) async fn list(
     config: &Config,
     as_json: bool,
     limit: u32,

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Prints the grants for the given roles.
-pub fn grants(
+pub(super) fn grants(
     config: &Config,
     relay: Option<&str>,
     producer: Option<&str>,

@@ -16,7 +16,7 @@ pub async fn migrate(config: &Config) -> Result<ExitCode, CommandError> {
 }
 
 /// Applies the inbox schema for `inbox.table` to the consumer's database (`database.url`).
-pub async fn migrate_inbox(config: &Config) -> Result<ExitCode, CommandError> {
+pub(super) async fn migrate_inbox(config: &Config) -> Result<ExitCode, CommandError> {
     let mut client = connect(config, "outbox-relay-migrate").await?;
     let table = &config.inbox.table;
     report(migrate::migrate_inbox(&mut client, table).await, table)

@@ -171,9 +171,9 @@ async fn connect(
 ) -> Result<tokio_postgres::Client, CommandError> {
     let connector = Connector::from_config(&config.database, application_name)
         .map_err(|e| CommandError::usage(e.to_string()))?;
-    // Notices are not read: the connection keeps running without a listener.
-    let (client, _notices) = connector
-        .connect_dedicated()
+    // Notices are not read: the connection keeps running without a listener. Boxed: the
+    // connect future is ~16 KB, too much to carry on every command's stack.
+    let (client, _notices) = Box::pin(connector.connect_dedicated())
         .await
         .map_err(|e| unreachable(&e))?;
     Ok(client)

@@ -9,7 +9,7 @@ use super::{CommandError, connect, database_error, open_outbox};
 use crate::{config::Config, inbox, store::retention};
 
 /// Purges and prints how many rows were deleted.
-pub async fn purge(config: &Config, older_than: Duration) -> Result<ExitCode, CommandError> {
+pub(super) async fn purge(config: &Config, older_than: Duration) -> Result<ExitCode, CommandError> {
     let (client, table) = open_outbox(config).await?;
     let batch = i64::try_from(config.retention.batch_size).unwrap_or(i64::MAX);
     let deleted = retention::purge(&client, &table, older_than, batch, |_| {})
@@ -23,7 +23,10 @@ pub async fn purge(config: &Config, older_than: Duration) -> Result<ExitCode, Co
 }
 
 /// Purges inbox rows received longer than `older_than` ago and prints how many.
-pub async fn purge_inbox(config: &Config, older_than: Duration) -> Result<ExitCode, CommandError> {
+pub(super) async fn purge_inbox(
+    config: &Config,
+    older_than: Duration,
+) -> Result<ExitCode, CommandError> {
     let client = connect(config, "outbox-relay-cli").await?;
     let table = &config.inbox.table;
     let batch = i64::try_from(config.retention.batch_size).unwrap_or(i64::MAX);

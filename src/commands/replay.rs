@@ -10,7 +10,10 @@ use crate::{
 };
 
 /// Replays the selected dead events; logs each one and prints how many.
-pub async fn replay(config: &Config, selection: ReplaySelection) -> Result<ExitCode, CommandError> {
+pub(super) async fn replay(
+    config: &Config,
+    selection: ReplaySelection,
+) -> Result<ExitCode, CommandError> {
     let (client, table) = open_outbox(config).await?;
     let replayed = admin::replay(&client, &table, &selection)
         .await

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Prints the status; exits 1 when `max_age` is given and the oldest pending event is older.
-pub async fn status(
+pub(super) async fn status(
     config: &Config,
     as_json: bool,
     max_age: Option<Duration>,

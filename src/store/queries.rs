@@ -5,7 +5,7 @@ use crate::config::TableName;
 
 /// Advisory-lock namespace shared with the NOTIFY trigger (`'outb'` in the high 32 bits, the
 /// table's oid in the low 32 bits).
-pub const WAKE_LOCK_NAMESPACE: i64 = 1_869_968_482;
+pub(crate) const WAKE_LOCK_NAMESPACE: i64 = 1_869_968_482;
 
 /// Planner settings the ordered read runs with (`SET LOCAL`, in its own transaction): on a
 /// table loaded and never analyzed, a custom plan can otherwise choose a bitmap scan of every

@@ -4,7 +4,7 @@
 //!
 //! Services: Postgres at `OUTBOX_TEST_PG` (default `postgres://postgres@127.0.0.1:5432`),
 //! RabbitMQ at `OUTBOX_TEST_AMQP` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
-#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+#![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod faults;
 pub mod prometheus;
