@@ -9,8 +9,11 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::{
-    TestBroker, TestDb, eventually,
-    faults::{Fault, Faulty, check_first_deliveries, drain_queue, insert_backlog},
+    TestBroker, TestDb,
+    delivery::{check_first_deliveries, drain_queue},
+    eventually,
+    producers::insert_backlog,
+    publisher::{Fault, Faulty},
     receive_n, relay_config, start_relay, start_relay_with,
 };
 use outbox_relay::{

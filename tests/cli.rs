@@ -4,20 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::*;
-
-fn relay_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    // Do not let the developer's environment leak into the contract tests.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OUTBOX_RELAY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+use common::{process::relay_binary, *};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -29,7 +18,7 @@ fn unknown_key_exits_2_and_names_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("config.toml");
     std::fs::write(&file, "[relay]\nbatch_sise = 10\n").unwrap();
-    let out = relay_cmd()
+    let out = relay_binary()
         .args(["--config", file.to_str().unwrap(), "config"])
         .output()
         .unwrap();
@@ -43,7 +32,7 @@ fn unknown_key_exits_2_and_names_it() {
 
 #[test]
 fn bad_env_value_exits_2_and_names_the_key() {
-    let out = relay_cmd()
+    let out = relay_binary()
         .env("OUTBOX_RELAY_RETRY__MAX_BACKOFF", "forever")
         .arg("config")
         .output()
@@ -58,7 +47,7 @@ fn bad_env_value_exits_2_and_names_the_key() {
 
 #[test]
 fn unknown_broker_kind_exits_2() {
-    let out = relay_cmd()
+    let out = relay_binary()
         .env("OUTBOX_RELAY_BROKER__KIND", "kafka")
         .arg("run")
         .output()
@@ -69,7 +58,7 @@ fn unknown_broker_kind_exits_2() {
 
 #[test]
 fn invalid_table_name_exits_2() {
-    let out = relay_cmd()
+    let out = relay_binary()
         .env("OUTBOX_RELAY_DATABASE__TABLE", "outbox; drop table users")
         .arg("migrate")
         .output()
@@ -80,7 +69,7 @@ fn invalid_table_name_exits_2() {
 
 #[test]
 fn missing_config_file_exits_2() {
-    let out = relay_cmd()
+    let out = relay_binary()
         .args(["--config", "/nonexistent/outbox.toml", "config"])
         .output()
         .unwrap();
@@ -90,13 +79,13 @@ fn missing_config_file_exits_2() {
 
 #[test]
 fn unknown_subcommand_exits_2() {
-    let out = relay_cmd().arg("frobnicate").output().unwrap();
+    let out = relay_binary().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn config_command_redacts_secrets() {
-    let out = relay_cmd()
+    let out = relay_binary()
         .env(
             "OUTBOX_RELAY_DATABASE__URL",
             "postgres://app:hunter2@db:5432/app",
@@ -121,7 +110,7 @@ fn config_command_redacts_secrets() {
 async fn migrate_is_idempotent_and_supports_schema_qualified_tables() {
     let db = TestDb::empty().await;
     for _ in 0..2 {
-        let out = relay_cmd()
+        let out = relay_binary()
             .env("OUTBOX_RELAY_DATABASE__URL", &db.url)
             .env("OUTBOX_RELAY_DATABASE__TABLE", "app.events")
             .arg("migrate")
@@ -162,7 +151,7 @@ async fn migrate_is_idempotent_and_supports_schema_qualified_tables() {
 #[tokio::test]
 async fn run_before_migrate_says_what_to_do() {
     let db = TestDb::empty().await;
-    let out = relay_cmd()
+    let out = relay_binary()
         .env("OUTBOX_RELAY_DATABASE__URL", &db.url)
         .env("OUTBOX_RELAY_METRICS__LISTEN", "127.0.0.1:0")
         .arg("run")

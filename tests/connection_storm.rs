@@ -11,16 +11,20 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     process::{ExitStatus, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::{faults::*, *};
+use common::{
+    http::http_get,
+    listeners::{AcceptAndClose, Silent, closed_port},
+    metrics::sample,
+    process::{RelayProcess, exit_and_output, relay_binary_on, send_signal},
+    *,
+};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     process::{Child, Command},
-    task::JoinHandle,
 };
 use uuid::Uuid;
 
@@ -48,100 +52,6 @@ const OPERATOR_COMMANDS: [&[&str]; 5] = [
     &["migrate"],
 ];
 
-/// A TCP listener on 127.0.0.1 that accepts every connection and closes it at once (a server
-/// going down, a proxy without a backend), keeping the moment of each accept.
-struct AcceptAndClose {
-    port: u16,
-    accepts: Arc<Mutex<Vec<Instant>>>,
-    task: JoinHandle<()>,
-}
-
-impl AcceptAndClose {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepts = Arc::new(Mutex::new(Vec::new()));
-        let log = accepts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                log.lock().unwrap().push(Instant::now());
-                drop(stream);
-            }
-        });
-        Self {
-            port,
-            accepts,
-            task,
-        }
-    }
-
-    fn total(&self) -> usize {
-        self.accepts.lock().unwrap().len()
-    }
-
-    /// Accepts between `from` and `to` after `start`.
-    fn between(&self, start: Instant, from: Duration, to: Duration) -> usize {
-        self.accepts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|at| {
-                let after = at.saturating_duration_since(start);
-                after >= from && after <= to
-            })
-            .count()
-    }
-}
-
-impl Drop for AcceptAndClose {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A TCP listener that accepts connections, keeps them open and never answers (a server or
-/// network that stopped responding); counts accepts.
-struct Silent {
-    port: u16,
-    accepts: Arc<Mutex<Vec<TcpStream>>>,
-    task: JoinHandle<()>,
-}
-
-impl Silent {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepts = Arc::new(Mutex::new(Vec::new()));
-        let held = accepts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                held.lock().unwrap().push(stream);
-            }
-        });
-        Self {
-            port,
-            accepts,
-            task,
-        }
-    }
-
-    fn total(&self) -> usize {
-        self.accepts.lock().unwrap().len()
-    }
-}
-
-impl Drop for Silent {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A database name that does not exist on the test server.
 fn missing_database() -> String {
     format!("no_such_db_{}", Uuid::new_v4().simple())
@@ -152,11 +62,7 @@ fn missing_database() -> String {
 fn attempts(metrics: &str, target: &str, outcome: &str) -> Option<u64> {
     let series =
         format!("outbox_connection_attempts_total{{target=\"{target}\",outcome=\"{outcome}\"}}");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
+    sample(metrics, &series).map(|value| value as u64)
 }
 
 /// The counter's value, failing the test when the series is missing.
@@ -382,14 +288,8 @@ async fn a_missing_database_is_named_in_the_log_the_counter_and_readyz() {
 /// Runs an operator command against `database_url` (nothing else configured); fails the test
 /// if it does not finish within [`COMMAND_PATIENCE`]. Returns (exit code, stdout, stderr).
 async fn operator(args: &[&str], database_url: &str) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OUTBOX_RELAY_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("OUTBOX_RELAY_DATABASE__URL", database_url)
-        .env("OUTBOX_RELAY_DATABASE__CONNECT_TIMEOUT", CONNECT_TIMEOUT)
+    let mut cmd = Command::from(relay_binary_on(database_url));
+    cmd.env("OUTBOX_RELAY_DATABASE__CONNECT_TIMEOUT", CONNECT_TIMEOUT)
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -397,11 +297,7 @@ async fn operator(args: &[&str], database_url: &str) -> (i32, String, String) {
         .await
         .unwrap_or_else(|_| panic!("`{}` did not finish", args.join(" ")))
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    exit_and_output(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,15 +380,6 @@ enum State {
     DatabaseRefused,
 }
 
-/// Sends `signal` (`INT`, `TERM`) to a child.
-fn send_signal(child: &Child, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Waits until `/readyz` on `addr` answers `code`; fails if the relay exits first.
 async fn await_readyz(child: &mut Child, addr: SocketAddr, code: u16) {
     let deadline = Instant::now() + PATIENCE;
@@ -525,14 +412,8 @@ async fn stop_with_closed_log_pipe(state: State, signal: &str) -> ExitStatus {
     };
     let broker = TestBroker::bound().await;
     let http: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OUTBOX_RELAY_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("OUTBOX_RELAY_DATABASE__URL", &database_url)
-        .env("OUTBOX_RELAY_BROKER__RABBITMQ__URL", amqp_url())
+    let mut cmd = Command::from(relay_binary_on(&database_url));
+    cmd.env("OUTBOX_RELAY_BROKER__RABBITMQ__URL", amqp_url())
         .env("OUTBOX_RELAY_BROKER__RABBITMQ__EXCHANGE", &broker.exchange)
         .env("OUTBOX_RELAY_METRICS__LISTEN", http.to_string())
         .env("OUTBOX_RELAY_LOG__LEVEL", "debug")
@@ -582,7 +463,7 @@ async fn stop_with_closed_log_pipe(state: State, signal: &str) -> ExitStatus {
     );
 
     // THEN the signal stops it within the drain budget
-    send_signal(&child, signal);
+    send_signal(child.id().unwrap(), signal);
     let status = tokio::time::timeout(SHUTDOWN_TIMEOUT * 3, child.wait())
         .await
         .unwrap_or_else(|_| {

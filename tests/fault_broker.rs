@@ -8,7 +8,15 @@ mod common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{faults::*, *};
+use common::{
+    delivery::{count_deliveries, drain_queue},
+    http::http_get,
+    metrics::gauge,
+    process::RelayProcess,
+    proxy::rabbitmq_proxy,
+    publisher::{Fault, Faulty},
+    *,
+};
 use outbox_relay::broker::rabbitmq::RabbitMqPublisher;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,16 +59,7 @@ async fn broker_outage_pauses_publishing_without_burning_attempts() {
     .await;
     assert!(relay.metrics.render().contains("outbox_broker_up 0"));
     // AND nothing was counted against the events, nothing went dead
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'dead'), coalesce(max(attempts), 0) \
-             FROM outbox_events",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 0);
-    assert_eq!(row.get::<_, i32>(1), 0);
+    assert_eq!(attempts_and_dead(&client).await, (0, 0));
     assert_eq!(db.count(&client, "pending").await, 30);
 
     // WHEN the broker is back
@@ -238,15 +237,7 @@ async fn broker_outage_as_an_operator_sees_it_one_warning_a_503_and_recovery() {
     let metrics = http_get(http, "/metrics").await.1;
     assert_eq!(gauge(&metrics, "outbox_broker_up"), 0, "{metrics}");
     // AND no attempt was counted, nothing went dead
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'dead'), coalesce(max(attempts), 0) \
-             FROM outbox_events",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (0, 0));
+    assert_eq!(attempts_and_dead(&client).await, (0, 0));
 
     // WHEN the broker is back
     proxy.restore();

@@ -7,7 +7,14 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{faults::*, *};
+use common::{
+    delivery::{check_first_deliveries, drain_queue},
+    metrics::gauge,
+    producers::Producer,
+    proxy::postgres_proxy,
+    publisher::{Fault, Faulty},
+    *,
+};
 use outbox_relay::broker::rabbitmq::RabbitMqPublisher;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,17 +78,9 @@ async fn outcome_is_settled_after_the_database_comes_back() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let pg = url::Url::parse(&pg_server()).unwrap();
-    let target = format!(
-        "{}:{}",
-        pg.host_str().unwrap_or("127.0.0.1"),
-        pg.port().unwrap_or(5432)
-    );
-    let proxy = Proxy::start(target.parse().unwrap()).await;
+    let (proxy, url_via_proxy) = postgres_proxy(&db.name).await;
     let mut config = relay_config(&db, &broker);
-    config.database.url = format!("postgres://postgres@{}/{}", proxy.addr, db.name)
-        .parse()
-        .unwrap();
+    config.database.url = url_via_proxy.parse().unwrap();
     let (publisher, fault) = Faulty::new(
         RabbitMqPublisher::new(&config.broker.rabbitmq, config.relay.publish_timeout).unwrap(),
     );

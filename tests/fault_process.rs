@@ -11,7 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{faults::*, *};
+use common::{
+    delivery::{check_first_deliveries, drain_queue},
+    process::{RelayProcess, spawn_binary},
+    producers::{Producer, insert_backlog},
+    *,
+};
 use outbox_relay::config::Config;
 use rand::Rng;
 

@@ -14,20 +14,18 @@ use std::{
 };
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::{faults::*, *};
+use common::{
+    process::{RelayProcess, relay_binary, sigterm},
+    producers::insert_backlog,
+    *,
+};
 use outbox_relay::{config::TableName, inbox::Inbox};
 use uuid::Uuid;
 
 /// Runs `outbox-relay <args> --database-url <url>` with only the test's `OUTBOX_RELAY_*`
 /// variables and returns its stdout (asserting exit 0).
 fn relay_command(url: &str, envs: &[(&str, &str)], args: &[&str]) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OUTBOX_RELAY_") {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd
+    let out = relay_binary()
         .envs(envs.iter().copied())
         .args(args)
         .args(["--database-url", url])
@@ -99,8 +97,7 @@ fn bad_inbox_table_or_database_url_exits_2_naming_it() {
         ),
         (vec![], "nope://x", "--database-url"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-            .env_remove("OUTBOX_RELAY_INBOX__TABLE")
+        let out = relay_binary()
             .envs(envs)
             .args(["migrate", "--inbox", "--database-url", url])
             .output()

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{faults::http_get, prometheus::Prometheus, *};
+use common::{http::http_get, prometheus::Prometheus, *};
 use outbox_relay::broker::PublishError;
 use tokio_util::sync::CancellationToken;
 
@@ -190,7 +190,7 @@ async fn every_dashboard_panel_shows_a_backlog_a_dead_event_and_a_broker_outage(
     let broker = TestBroker::new().await;
     broker.bind("order.*").await;
     let mut rx = broker.consume().await;
-    let (proxy, proxied) = faults::rabbitmq_proxy().await;
+    let (proxy, proxied) = proxy::rabbitmq_proxy().await;
     let mut config = relay_config(&db, &broker);
     config.broker.rabbitmq.url = proxied;
     config.metrics.refresh_interval = Duration::from_millis(200);

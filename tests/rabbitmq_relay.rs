@@ -123,18 +123,7 @@ async fn notify_wakes_the_relay_long_before_the_poll_interval() {
 
 /// Waits until a relay has announced that it sleeps (producers will notify).
 async fn wait_until_asleep(client: &tokio_postgres::Client) {
-    eventually("relay announced sleep", || async {
-        let row = client
-            .query_one(
-                "SELECT (SELECT last_value FROM outbox_events_sleepers) \
-                      > (SELECT last_value FROM outbox_events_wakers)",
-                &[],
-            )
-            .await
-            .unwrap();
-        row.get::<_, bool>(0)
-    })
-    .await;
+    eventually("relay announced sleep", || relay_sleeps(client)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

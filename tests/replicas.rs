@@ -10,7 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{faults::*, *};
+use common::{
+    delivery::{check_first_deliveries, drain_queue},
+    metrics::{gauge, total},
+    process::RelayProcess,
+    producers::Producer,
+    publisher::{Fault, Faulty},
+    *,
+};
 use outbox_relay::{broker::rabbitmq::RabbitMqPublisher, config::Config};
 
 const BATCH: usize = 20;
@@ -18,13 +25,7 @@ const BATCH: usize = 20;
 const INFLIGHT: usize = 4;
 
 fn published(relay: &RunningRelay) -> i64 {
-    relay
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("outbox_events_published_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64
+    total(&relay.metrics.render(), "outbox_events_published_total") as i64
 }
 
 fn owned(relay: &RunningRelay) -> i64 {

@@ -10,10 +10,10 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    faults::{
-        RelayProcess, check_first_deliveries, drain_queue, http_get, insert_backlog,
-        notify_only_relay,
-    },
+    delivery::{check_first_deliveries, drain_queue},
+    http::http_get,
+    process::{RelayProcess, notify_only_relay},
+    producers::insert_backlog,
     servers::{Cluster, RabbitNode},
     *,
 };
@@ -33,19 +33,6 @@ async fn restart_under(addr: std::net::SocketAddr, stop: impl FnOnce(), start: i
         http_get(addr, "/readyz").await.0 == 200
     })
     .await;
-}
-
-/// The most attempts any event has, and how many are dead.
-async fn attempts_and_dead(client: &tokio_postgres::Client) -> (i32, i64) {
-    let row = client
-        .query_one(
-            "SELECT COALESCE(max(attempts), 0), \
-                    count(*) FILTER (WHERE status = 'dead') FROM outbox_events",
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
 }
 
 #[tokio::test]

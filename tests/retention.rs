@@ -6,22 +6,11 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use common::*;
+use common::{process::relay_binary_on, *};
 use outbox_relay::store::retention;
 use tokio_postgres::Client;
-
-fn relay_cmd(db: &TestDb) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("OUTBOX_RELAY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("OUTBOX_RELAY_DATABASE__URL", &db.url);
-    cmd
-}
 
 /// `old` dispatched rows two hours old, `fresh` dispatched now, and one pending and one dead
 /// row written three hours ago.
@@ -68,7 +57,7 @@ async fn purge_command_deletes_only_old_dispatched_rows_in_batches() {
     seed(&client, 2500, 5).await;
 
     // WHEN purging rows older than an hour
-    let out = relay_cmd(&db)
+    let out = relay_binary_on(&db.url)
         .env("OUTBOX_RELAY_RETENTION__BATCH_SIZE", "1000")
         .args(["purge", "--older-than", "1h"])
         .output()
@@ -91,12 +80,12 @@ async fn purge_command_deletes_only_old_dispatched_rows_in_batches() {
     assert_eq!(db.count(&client, "dead").await, 1);
 
     // AND a second run finds nothing; a bad duration is a usage error
-    let out = relay_cmd(&db)
+    let out = relay_binary_on(&db.url)
         .args(["purge", "--older-than", "1h"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("purged 0 "));
-    let out = relay_cmd(&db)
+    let out = relay_binary_on(&db.url)
         .args(["purge", "--older-than", "soon"])
         .output()
         .unwrap();

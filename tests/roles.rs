@@ -9,7 +9,7 @@ mod common;
 use std::process::Output;
 
 use common::{
-    faults::{cli, notify_only_relay},
+    process::{cli, notify_only_relay},
     *,
 };
 use uuid::Uuid;

@@ -9,7 +9,12 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use common::{faults::*, sqs, *};
+use common::{
+    metrics::value,
+    proxy::Proxy,
+    publisher::{Fault, Faulty},
+    sqs, *,
+};
 use outbox_relay::broker::PublishError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +447,7 @@ async fn whole_call_failure_pauses_without_attempts(fault: sqs::SqsFault) {
     // THEN publishing is retried as a paused broker: no attempt counted, nothing dead
     eventually("two failed rounds of the first wave (4 events)", || async {
         let rendered = relay.metrics.render();
-        sqs::metric(
+        value(
             &rendered,
             "outbox_publish_failures_total{reason=\"broker_down\"}",
         ) >= 8.0
@@ -450,18 +455,7 @@ async fn whole_call_failure_pauses_without_attempts(fault: sqs::SqsFault) {
     .await;
     assert!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     eventually("not ready", || async { !relay.health.ready() }).await;
-    let (max_attempts, dead): (i32, i64) = {
-        let row = pg
-            .query_one(
-                "SELECT coalesce(max(attempts), 0), count(*) FILTER (WHERE status = 'dead') \
-                 FROM outbox_events",
-                &[],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
-    assert_eq!((max_attempts, dead), (0, 0));
+    assert_eq!(attempts_and_dead(&pg).await, (0, 0));
 
     // WHEN SQS accepts again THEN everything is delivered, in order per group
     proxy.set(sqs::SqsFault::None);

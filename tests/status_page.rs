@@ -13,9 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{faults::http_get, *};
+use common::{
+    http::{http_get, request},
+    process::cli,
+    *,
+};
 use outbox_relay::config::StatusPage;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// A dead event whose type and error carry markup: the page must show it as text.
@@ -190,24 +193,6 @@ async fn a_browser_shows_the_backlog_the_dead_event_and_the_relay_state() {
     broker.cleanup().await;
 }
 
-/// `METHOD path` with an empty body; returns the status code.
-async fn request(addr: SocketAddr, method: &str, path: &str) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\
-                 Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response[9..12].parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_is_the_status_commands_document_and_the_page_can_be_off() {
     // GIVEN a relay with the default page (summary), a backlog and a dead event
@@ -218,11 +203,7 @@ async fn the_json_is_the_status_commands_document_and_the_page_can_be_off() {
     let served = settled_document(addr).await;
 
     // WHEN `outbox-relay status --json` runs on the same table
-    let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .env("OUTBOX_RELAY_DATABASE__URL", &db.url)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
+    let out = cli(&db.url, &["status", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -250,7 +231,7 @@ async fn the_json_is_the_status_commands_document_and_the_page_can_be_off() {
     assert!(!page.contains("Latest dead events"), "{page}");
     // AND nothing on the ops port takes a write
     for path in ["/", "/status.json", "/metrics", "/healthz", "/readyz"] {
-        assert_eq!(request(addr, "POST", path).await, 405, "POST {path}");
+        assert_eq!(request(addr, "POST", path).await.0, 405, "POST {path}");
     }
     stop.cancel();
     relay.stop().await;

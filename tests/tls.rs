@@ -9,7 +9,9 @@ mod common;
 use std::process::Output;
 
 use common::{
-    faults::{RelayProcess, cli, gauge, http_get},
+    http::http_get,
+    metrics::gauge,
+    process::{RelayProcess, cli},
     servers::{Certs, Cluster, tls_terminator},
     *,
 };

@@ -6,7 +6,12 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{faults::*, *};
+use common::{
+    delivery::{check_first_deliveries, drain_queue},
+    process::RelayProcess,
+    producers::{Producer, insert_backlog},
+    *,
+};
 use outbox_relay::store::migrate::{migrate, migrate_until};
 
 #[tokio::test]

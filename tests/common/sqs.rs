@@ -119,14 +119,6 @@ pub async fn receive_n(client: &Client, queue: &str, n: usize) -> Vec<Message> {
     out
 }
 
-/// The value of the sample named exactly `series` (name and labels) in a metrics rendering.
-pub fn metric(rendered: &str, series: &str) -> f64 {
-    rendered
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 /// A String message attribute.
 pub fn attr(message: &Message, name: &str) -> Option<String> {
     message
