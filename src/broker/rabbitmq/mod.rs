@@ -9,6 +9,14 @@
 //! returned. With the channel to itself, every return that arrives before the call's last
 //! ack belongs to one of its own messages, and is matched to its event by `message_id`
 //! ([`outcomes`]), never by the confirm that happened to carry it.
+//!
+//! Submodules: `channels` holds the channel pool (connect, lend, give back), [`message`]
+//! builds a message's properties (the message contract), [`outcome`] matches confirms and
+//! returns to events.
+
+mod channels;
+pub mod message;
+pub mod outcome;
 
 use std::{
     collections::HashMap,
@@ -16,24 +24,25 @@ use std::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, UNIX_EPOCH},
+    time::Duration,
 };
 
 use futures::future::join_all;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    DefaultConnectionBuilder, ExchangeKind,
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
-    tcp::OwnedTLSConfig,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    Channel, Confirmation, Connection, options::BasicPublishOptions, tcp::OwnedTLSConfig,
+    types::ShortString,
 };
 use tokio::sync::Semaphore;
 
+use self::outcome::returned_id;
 use super::{Outcome, PublishError, Publisher};
 use crate::{
     config::{RabbitMqConfig, RoutingTemplate},
     event::OutboxEvent,
 };
+
+pub use message::message_properties;
+pub use outcome::{Confirmed, outcomes};
 
 /// Channels opened per connection unless [`RabbitMqPublisher::with_channels`] says otherwise.
 pub const DEFAULT_CHANNELS: usize = 4;
@@ -110,141 +119,6 @@ impl RabbitMqPublisher {
             })
             .unwrap_or_else(|| "the broker".into())
     }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Channel)>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes an idle channel of the current generation (the caller holds a permit).
-    fn take_channel(&self) -> Option<(u64, Channel)> {
-        if self.poisoned.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.idle().pop()
-    }
-
-    /// Returns a channel after use, or drops it (and poisons the session) when it failed.
-    /// A channel of an older generation is dropped either way: its failure says nothing
-    /// about the connection that replaced it.
-    fn give_back(&self, generation: u64, channel: Channel, healthy: bool) {
-        if generation != self.generation.load(Ordering::SeqCst) {
-            return;
-        }
-        if healthy && channel.status().connected() {
-            self.idle().push((generation, channel));
-        } else {
-            self.poisoned.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Connects, declares the exchange, and opens the channels in confirm mode.
-    async fn open(&self) -> Result<(Connection, Vec<Channel>), lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(LongString::from("outbox-relay"));
-        let connection = DefaultConnectionBuilder::new()?
-            .with_uri_str(self.url.clone())
-            .with_properties(properties)
-            .with_tls_config(self.tls.clone())
-            .connect()
-            .await?;
-        let mut channels = Vec::with_capacity(self.channel_count);
-        for _ in 0..self.channel_count {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channels.push(channel);
-        }
-        if let Some(channel) = channels.first() {
-            channel
-                .exchange_declare(
-                    ShortString::from(self.exchange.as_str()),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok((connection, channels))
-    }
-}
-
-/// The AMQP properties the relay publishes an event with: `message_id` (the event ID),
-/// persistent delivery, `content_type`, `type`, `timestamp`, and the row's headers plus
-/// `x-aggregate-type`, `x-aggregate-id`, `x-event-type` (strings) and `x-seq` (long-long
-/// integer) (the message contract in the README). Public so the benchmark's raw limit sends exactly these.
-pub fn message_properties(event: &OutboxEvent) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    for (key, value) in &event.headers {
-        headers.insert(
-            ShortString::from(key.as_str()),
-            AMQPValue::LongString(LongString::from(value.as_str())),
-        );
-    }
-    for (key, value) in [
-        ("x-aggregate-type", &event.aggregate_type),
-        ("x-aggregate-id", &event.aggregate_id),
-        ("x-event-type", &event.event_type),
-    ] {
-        headers.insert(
-            ShortString::from(key),
-            AMQPValue::LongString(LongString::from(value.as_str())),
-        );
-    }
-    // The write order, so consumers can tell a stale version from a fresh one.
-    headers.insert(
-        ShortString::from("x-seq"),
-        AMQPValue::LongLongInt(event.seq),
-    );
-    let timestamp = event
-        .created_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    BasicProperties::default()
-        .with_message_id(ShortString::from(event.id.to_string()))
-        .with_content_type(ShortString::from("application/json"))
-        .with_delivery_mode(2)
-        .with_type(ShortString::from(event.event_type.as_str()))
-        .with_timestamp(timestamp)
-        .with_headers(headers)
-}
-
-/// What the broker said about one message of a call: acked or nacked (by delivery tag).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Confirmed {
-    /// `basic.ack`.
-    Ack,
-    /// `basic.nack`.
-    Nack,
-}
-
-/// Outcomes of one call, given each message's confirm (`None`: the confirm failed, with the
-/// error) and the `message_id`s of every message the broker returned on the call's channel,
-/// whichever confirm carried them, with the broker's reply text. A returned message is
-/// unroutable even when acked (the broker acks a message it could not route); a nack wins
-/// over a return.
-pub fn outcomes(
-    events: &[&OutboxEvent],
-    confirms: Vec<Result<Confirmed, PublishError>>,
-    returned: &HashMap<String, String>,
-    describe_return: impl Fn(&OutboxEvent, &str) -> String,
-) -> Vec<Outcome> {
-    events
-        .iter()
-        .zip(confirms)
-        .map(|(event, confirm)| match confirm {
-            Err(error) => Err(error),
-            Ok(Confirmed::Nack) => Err(PublishError::Nacked),
-            Ok(Confirmed::Ack) => match returned.get(&event.id.to_string()) {
-                Some(reply) => Err(PublishError::Unroutable(describe_return(event, reply))),
-                None => Ok(()),
-            },
-        })
-        .collect()
 }
 
 impl Publisher for RabbitMqPublisher {
@@ -396,83 +270,5 @@ impl Publisher for RabbitMqPublisher {
         if let Some(connection) = self.session.lock().await.take() {
             let _ = connection.close(200, ShortString::from("shutdown")).await;
         }
-    }
-}
-
-/// The event ID a returned message carries as its `message_id`, with the broker's reply.
-fn returned_id(message: &lapin::message::BasicReturnMessage) -> Option<(String, String)> {
-    let id = message
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.to_string());
-    if id.is_none() {
-        tracing::warn!(
-            routing_key = %message.routing_key,
-            "broker returned a message without message_id; ignoring it"
-        );
-    }
-    id.map(|id| (id, message.reply_text.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use uuid::Uuid;
-
-    use super::*;
-
-    fn event() -> OutboxEvent {
-        OutboxEvent {
-            id: Uuid::new_v4(),
-            seq: 1,
-            aggregate_type: "t".into(),
-            aggregate_id: "a".into(),
-            event_type: "e".into(),
-            payload: "{}".into(),
-            headers: vec![],
-            created_at: SystemTime::now(),
-            attempts: 0,
-            bucket: 0,
-        }
-    }
-
-    #[test]
-    fn a_return_is_matched_by_message_id_not_by_the_confirm_that_carried_it() {
-        // GIVEN three acked messages where the broker returned the second one
-        let events = [event(), event(), event()];
-        let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let returned = HashMap::from([(events[1].id.to_string(), "NO_ROUTE".to_owned())]);
-        let confirms = vec![Ok(Confirmed::Ack), Ok(Confirmed::Ack), Ok(Confirmed::Ack)];
-
-        // WHEN the outcomes are derived
-        let got = outcomes(&refs, confirms, &returned, |_, reply| reply.to_owned());
-
-        // THEN only the returned one is unroutable
-        assert_eq!(
-            got,
-            vec![
-                Ok(()),
-                Err(PublishError::Unroutable("NO_ROUTE".into())),
-                Ok(())
-            ]
-        );
-    }
-
-    #[test]
-    fn nacks_and_confirm_errors_win_over_returns() {
-        let events = [event(), event()];
-        let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let returned: HashMap<String, String> = events
-            .iter()
-            .map(|e| (e.id.to_string(), "NO_ROUTE".to_owned()))
-            .collect();
-        let confirms = vec![Ok(Confirmed::Nack), Err(PublishError::Timeout)];
-        let got = outcomes(&refs, confirms, &returned, |_, reply| reply.to_owned());
-        assert_eq!(
-            got,
-            vec![Err(PublishError::Nacked), Err(PublishError::Timeout)]
-        );
     }
 }

@@ -1,0 +1,186 @@
+//! One coordination session and what a tick does with it: register this replica (a member
+//! lock and a shared lock on its bucket count), count the live replicas, shed buckets above
+//! the target into a release, take free ones, and unlock released buckets once nothing of
+//! theirs is in flight. The SQL lives in [`crate::store::coordination`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use tokio::sync::{mpsc::UnboundedReceiver, watch};
+use tokio_postgres::AsyncMessage;
+
+use super::{CoordinationError, CoordinatorConfig, InFlight, Ownership};
+use crate::{
+    config::TableName,
+    store::{connect::Connector, coordination::LockSession},
+};
+
+/// Advisory-lock class ids (high 32 bits of the key; the low 32 bits are the table's oid).
+const NS_MEMBER: i64 = 0x4F52_0000;
+const NS_BUCKET: i64 = 0x4F53_0000;
+const NS_COUNT: i64 = 0x4F54_0000;
+/// Member slots tried when registering.
+const MAX_MEMBERS: i64 = 1024;
+
+/// The dedicated coordination connection and the buckets its locks hold.
+pub(super) struct Session {
+    /// The advisory locks of this replica (the SQL lives in the store).
+    locks: LockSession,
+    /// Ends when the connection closes: the locks are gone from that moment.
+    pub(super) messages: UnboundedReceiver<AsyncMessage>,
+    /// Buckets locked and offered to the pipeline.
+    pub(super) owned: BTreeSet<i32>,
+    /// Buckets still locked but no longer offered, with the deadline to unlock them anyway.
+    pub(super) releasing: BTreeMap<i32, Instant>,
+    pub(super) members_seen: i64,
+}
+
+pub(super) async fn open(
+    connector: &Connector,
+    table: &TableName,
+    config: &CoordinatorConfig,
+) -> Result<Session, CoordinationError> {
+    let (client, messages) = connector.connect_dedicated().await?;
+    let locks = LockSession::open(client, table).await?;
+    let mut slot = None;
+    for candidate in 0..MAX_MEMBERS {
+        if locks.try_lock(NS_MEMBER + candidate).await? {
+            slot = Some(candidate);
+            break;
+        }
+    }
+    if slot.is_none() {
+        tracing::warn!("more than {MAX_MEMBERS} relays registered; counting this one anyway");
+    }
+    // Every replica holds a shared lock on a key derived from its bucket count, so replicas
+    // configured differently see each other.
+    locks
+        .lock_shared(NS_COUNT + i64::from(config.buckets))
+        .await?;
+    Ok(Session {
+        locks,
+        messages,
+        owned: BTreeSet::new(),
+        releasing: BTreeMap::new(),
+        members_seen: 0,
+    })
+}
+
+pub(super) async fn tick(
+    session: &mut Session,
+    config: &CoordinatorConfig,
+    ownership: &watch::Sender<Ownership>,
+    in_flight: &InFlight,
+) -> Result<(), CoordinationError> {
+    let lease_start = Instant::now();
+    let (members, counts) = session.locks.census(NS_MEMBER, NS_COUNT).await?;
+    let members = members.max(1);
+    let members_before = session.members_seen;
+    let before = session.owned.len();
+    session.members_seen = members;
+
+    let target = if counts > 1 {
+        // Replicas disagree on relay.buckets: their buckets overlap, so nobody may claim.
+        if before > 0 {
+            tracing::error!(
+                "relays on this table are configured with different relay.buckets; \
+                 stopped claiming until they agree"
+            );
+        }
+        0
+    } else {
+        usize::try_from((i64::from(config.buckets) + members - 1) / members).unwrap_or(0)
+    };
+    if session.owned.len() > target {
+        let extra: Vec<i32> = session
+            .owned
+            .iter()
+            .rev()
+            .take(session.owned.len() - target)
+            .copied()
+            .collect();
+        let deadline = Instant::now() + config.release_timeout;
+        for b in extra {
+            session.owned.remove(&b);
+            session.releasing.insert(b, deadline);
+        }
+    } else if session.owned.len() < target {
+        // Buckets being released are still ours: take them back first (locking them again
+        // would stack a second lock on the same key).
+        while session.owned.len() < target {
+            let Some((b, _)) = session.releasing.pop_first() else {
+                break;
+            };
+            session.owned.insert(b);
+        }
+        for bucket in 0..config.buckets {
+            if session.owned.len() >= target {
+                break;
+            }
+            if session.owned.contains(&bucket) {
+                continue;
+            }
+            if session
+                .locks
+                .try_lock(NS_BUCKET + i64::from(bucket))
+                .await?
+            {
+                session.owned.insert(bucket);
+            }
+        }
+    }
+    if session.owned.len() != before || members != members_before {
+        tracing::info!(
+            owned = session.owned.len(),
+            buckets = config.buckets,
+            relays = members,
+            "bucket ownership changed"
+        );
+    }
+    let next = Ownership {
+        buckets: session.owned.iter().copied().collect(),
+        count: config.buckets,
+        valid_until: lease_start + config.lease_timeout,
+    };
+    // Renewing a live lease is silent; a change of buckets or a lease that had lapsed wakes
+    // the pipeline.
+    ownership.send_if_modified(|current| {
+        let wake = current.buckets != next.buckets || !current.leased();
+        *current = next;
+        wake
+    });
+    // Published first, checked second: see `InFlight::begin_claim`.
+    finish_releases(session, in_flight).await
+}
+
+/// Unlocks released buckets whose claims and events are no longer in flight (or whose
+/// deadline passed: then an event still in flight may be published again by the next owner).
+pub(super) async fn finish_releases(
+    session: &mut Session,
+    in_flight: &InFlight,
+) -> Result<(), CoordinationError> {
+    let now = Instant::now();
+    let done: Vec<(i32, bool)> = session
+        .releasing
+        .iter()
+        .filter_map(|(b, deadline)| {
+            let busy = in_flight.busy(*b);
+            (!busy || now >= *deadline).then_some((*b, busy))
+        })
+        .collect();
+    let forced = done.iter().filter(|(_, busy)| *busy).count();
+    if forced > 0 {
+        tracing::warn!(
+            buckets = forced,
+            "released buckets still had events in flight at the release deadline; \
+             the next owner may publish them again"
+        );
+    }
+    for (b, _) in done {
+        session.locks.unlock(NS_BUCKET + i64::from(b)).await?;
+        session.releasing.remove(&b);
+    }
+    Ok(())
+}
