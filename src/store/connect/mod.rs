@@ -1,21 +1,23 @@
-//! Connecting to Postgres: parsing `database.url` (including the libpq `sslmode` values
-//! tokio-postgres does not know, `verify-ca` and `verify-full`, and `sslrootcert`), the rustls
-//! connector, the deadpool pool for claim/settle, and dedicated connections (LISTEN,
-//! coordination) that are never pooled.
+//! Connecting to Postgres: the [`Connector`] built from `[database]` (the URL was parsed by
+//! [`crate::config::DatabaseUrl`]), the deadpool pool for claim/settle, and dedicated
+//! connections (LISTEN, coordination, commands) that are never pooled. Every connection goes
+//! through the connection gate ([`super::gate`]). The rustls set-up per `sslmode` is in
+//! `tls`, the re-read password file in `password_file`.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
-};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod password_file;
+mod tls;
+
+use password_file::PasswordFile;
+use tls::client_config;
+
 use super::gate::{self, Gate};
-use crate::config::{DatabaseConfig, DatabaseUrl, InvalidUrl, PgTarget, TlsMode};
+use crate::config::{DatabaseConfig, DatabaseUrl, InvalidUrl, PgTarget};
 
 /// Problems turning `database.url` into a connection.
 #[derive(Debug, thiserror::Error)]
@@ -69,34 +71,6 @@ pub struct Connector {
     gate: Gate,
     /// `database.password_file`, re-read for every new connection.
     password_file: Option<Arc<PasswordFile>>,
-}
-
-/// A password kept in a file (a mounted Secret), read again for every new connection so a
-/// rotation needs no restart. While the file cannot be read (mid-rotation), the last
-/// password read is used and a warning logged.
-struct PasswordFile {
-    path: PathBuf,
-    last: std::sync::Mutex<String>,
-}
-
-impl PasswordFile {
-    fn read(path: &std::path::Path) -> std::io::Result<String> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(text.trim_end_matches(['\r', '\n']).to_owned())
-    }
-
-    fn current(&self) -> String {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match Self::read(&self.path) {
-            Ok(password) => *last = password,
-            Err(error) => tracing::warn!(
-                path = %self.path.display(),
-                %error,
-                "cannot read database.password_file; using the password read before"
-            ),
-        }
-        last.clone()
-    }
 }
 
 impl Connector {
@@ -341,158 +315,6 @@ impl deadpool_postgres::Connect for GatedConnect {
             });
             Ok((client, task))
         })
-    }
-}
-
-fn client_config(mode: TlsMode, extra: &[PathBuf]) -> Result<rustls::ClientConfig, ConnectError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
-    let roots = Arc::new(root_store(extra)?);
-    let config = match mode {
-        TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth(),
-        TlsMode::VerifyCa | TlsMode::VerifyFull => {
-            let inner =
-                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
-            let verifier: Arc<dyn ServerCertVerifier> = if mode == TlsMode::VerifyCa {
-                Arc::new(IgnoreHostName(inner))
-            } else {
-                inner
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
-        }
-    };
-    Ok(config)
-}
-
-/// System roots plus the given PEM files.
-pub fn root_store(extra: &[PathBuf]) -> Result<rustls::RootCertStore, ConnectError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    for path in extra {
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| ConnectError::CaFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        for cert in certs {
-            let cert = cert.map_err(|e| ConnectError::CaFile {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| ConnectError::CaFile {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        }
-    }
-    Ok(roots)
-}
-
-/// libpq `require`: encrypt, but do not authenticate the server.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// libpq `verify-ca`: the chain must verify, the host name need not match.
-#[derive(Debug)]
-struct IgnoreHostName(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for IgnoreHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }
 
