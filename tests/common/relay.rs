@@ -15,22 +15,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PATIENCE, TestBroker, TestDb, amqp_url, eventually, http::http_get};
 
-/// A relay configuration for tests: fast intervals, the given database and exchange.
-pub fn relay_config(db: &TestDb, broker: &TestBroker) -> Config {
+/// The settings every test relay shares, whatever its broker: the given database, notify
+/// mode, fast intervals and backoffs, an ephemeral ops port.
+pub fn base_config(db: &TestDb) -> Config {
     let mut config = Config::default();
     config.database.url = db.url.parse().expect("a test database URL");
     config.database.pool_size = 4;
     config.relay.mode = RelayMode::Notify;
     config.relay.poll_interval = Duration::from_millis(200);
     config.relay.batch_size = 100;
-    // Replays and late commits are found by the rescan: keep tests quick.
-    config.relay.rescan_interval = Duration::from_millis(500);
     config.retry.initial_backoff = Duration::from_millis(50);
     config.retry.max_backoff = Duration::from_millis(200);
-    config.broker.rabbitmq.url = amqp_url();
-    config.broker.rabbitmq.exchange = broker.exchange.clone();
     config.metrics.listen = "127.0.0.1:0".parse().unwrap();
     config.relay.shutdown_timeout = Duration::from_secs(10);
+    config
+}
+
+/// A relay configuration for tests: [`base_config`] publishing to the test's exchange.
+pub fn relay_config(db: &TestDb, broker: &TestBroker) -> Config {
+    let mut config = base_config(db);
+    // Replays and late commits are found by the rescan: keep tests quick.
+    config.relay.rescan_interval = Duration::from_millis(500);
+    config.broker.rabbitmq.url = amqp_url();
+    config.broker.rabbitmq.exchange = broker.exchange.clone();
     config
 }
 

@@ -12,7 +12,7 @@ use aws_sdk_sqs::{
 };
 use outbox_relay::{
     broker::sqs::SqsPublisher,
-    config::{BrokerKind, Config, RelayMode},
+    config::{BrokerKind, Config},
 };
 use uuid::Uuid;
 
@@ -135,21 +135,12 @@ pub fn system_attr(message: &Message, name: MessageSystemAttributeName) -> Optio
 
 /// A relay configuration publishing to `queue_url` through the emulator.
 pub fn sqs_config(db: &TestDb, queue_url: &str) -> Config {
-    let mut config = Config::default();
-    config.database.url = db.url.parse().expect("a test database URL");
-    config.database.pool_size = 4;
-    config.relay.mode = RelayMode::Notify;
-    config.relay.poll_interval = Duration::from_millis(200);
-    config.relay.batch_size = 100;
+    let mut config = super::relay::base_config(db);
     config.relay.publish_timeout = Duration::from_secs(10);
-    config.retry.initial_backoff = Duration::from_millis(50);
-    config.retry.max_backoff = Duration::from_millis(200);
     config.broker.kind = BrokerKind::Sqs;
     config.broker.sqs.queue_url = queue_url.to_owned();
     config.broker.sqs.region = Some("us-east-1".into());
     config.broker.sqs.endpoint_url = Some(endpoint());
-    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
-    config.relay.shutdown_timeout = Duration::from_secs(10);
     config
 }
 
