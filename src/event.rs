@@ -1,7 +1,7 @@
 //! The event types every side of the relay shares: [`OutboxEvent`], a pending row as the
 //! store reads it and a broker sends it, and [`NewEvent`], what an application writes.
 //! They live here, below both `store/` and `broker/`, so the broker side never depends on
-//! the SQL side. Unit tests build events with [`OutboxEvent::fixture`].
+//! the SQL side. Unit tests build events with `OutboxEvent::fixture()`.
 
 use std::time::SystemTime;
 

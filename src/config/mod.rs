@@ -1,9 +1,9 @@
 //! Configuration: figment layering (built-in defaults -> TOML file -> `OUTBOX_RELAY_*` env)
 //! into typed values, validation that names the offending key, and secret redaction for
-//! display. One file per section ([`database`], [`relay`], [`broker`], [`ops`]); values that
-//! need parsing (the table names, the database URL, the routing template) are parsed while
+//! display. One file per section (`database`, `relay`, `broker`, `ops`); values that need
+//! parsing (the table names, the database URL, the routing template) are parsed while
 //! deserializing, once, into the types the rest of the code receives ([`TableName`],
-//! [`DatabaseUrl`], [`RoutingTemplate`]). [`validate`] holds the rules across keys.
+//! [`DatabaseUrl`], [`RoutingTemplate`]). `validate` holds the rules across keys.
 //!
 //! This module sits below `store/`, `broker/`, `relay/` and `ops/`: it imports only
 //! [`crate::event`].

@@ -4,7 +4,7 @@
 //! ([`coordination`]), the GRANT statements for the relay's and the
 //! producers' roles ([`grants`]).
 //!
-//! The hot path ([`Store::claim`], [`Store::mark_dispatched`], [`Store::record_failures`]) runs
+//! The hot path ([`Store::read_pending`], [`Store::mark_dispatched`], [`Store::record_failures`]) runs
 //! on pooled connections with cached prepared statements. [`enqueue`] takes any client or
 //! transaction, so an application can write events inside its own transaction.
 

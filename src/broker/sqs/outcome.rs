@@ -50,7 +50,7 @@ where
     }
 }
 
-/// Whether a whole-call error code blames the request's content (see [`CONTENT_ERRORS`]).
+/// Whether a whole-call error code blames the request's content (see `CONTENT_ERRORS`).
 /// Anything else (throttling, `InternalError`, `AccessDenied`, KMS errors,
 /// `NonExistentQueue`, no code at all) is not the events' fault.
 pub fn classify_code(code: Option<&str>) -> bool {
