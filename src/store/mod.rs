@@ -11,12 +11,12 @@
 pub mod admin;
 pub mod connect;
 pub mod coordination;
-mod event;
 pub mod gate;
 pub mod grants;
 pub mod migrate;
 mod queries;
 pub mod retention;
+mod row;
 pub mod status;
 
 use std::time::Duration;
@@ -211,7 +211,7 @@ impl Store {
             .map(|row| {
                 let due_in_ms: i64 = row.try_get("due_in_ms")?;
                 Ok(ReadRow {
-                    event: event::from_row(row)?,
+                    event: row::event(row)?,
                     due_in: Duration::from_millis(u64::try_from(due_in_ms).unwrap_or(0)),
                     prev_seq: row.try_get("prev_seq")?,
                 })

@@ -7,7 +7,7 @@ use super::StoreError;
 use crate::event::OutboxEvent;
 
 /// The event in `row`, a row of the read query (`id`, `seq`, ..., `bucket`).
-pub(crate) fn from_row(row: &Row) -> Result<OutboxEvent, StoreError> {
+pub(crate) fn event(row: &Row) -> Result<OutboxEvent, StoreError> {
     let headers: serde_json::Value = row.try_get("headers")?;
     let headers = match headers {
         serde_json::Value::Object(map) => map
