@@ -23,10 +23,7 @@ async fn terminated_connections_reconnect_and_listen_again() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let mut config = relay_config(&db, &broker);
-    config.relay.poll_interval = Duration::from_secs(3600);
-    config.relay.rebalance_interval = Duration::from_secs(3600);
-    config.relay.lease_timeout = Duration::from_secs(7200);
+    let mut config = notify_only_config(&db, &broker);
     config.relay.linger = Duration::from_millis(10);
     let relay = start_relay(&config);
     let client = db.client().await;

@@ -100,12 +100,9 @@ async fn notify_wakes_the_relay_long_before_the_poll_interval() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let mut config = relay_config(&db, &broker);
-    config.relay.poll_interval = Duration::from_secs(3600);
-    config.relay.linger = Duration::from_millis(10);
     // No coordination ticks either: only a NOTIFY can wake this relay.
-    config.relay.rebalance_interval = Duration::from_secs(3600);
-    config.relay.lease_timeout = Duration::from_secs(7200);
+    let mut config = notify_only_config(&db, &broker);
+    config.relay.linger = Duration::from_millis(10);
     let relay = start_relay(&config);
     let client = db.client().await;
 

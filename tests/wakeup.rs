@@ -16,10 +16,7 @@ async fn no_wake_up_is_lost_whatever_the_timing() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let mut config = relay_config(&db, &broker);
-    config.relay.poll_interval = Duration::from_secs(3600);
-    config.relay.rebalance_interval = Duration::from_secs(3600);
-    config.relay.lease_timeout = Duration::from_secs(7200);
+    let mut config = notify_only_config(&db, &broker);
     config.relay.linger = Duration::from_millis(2);
     config.relay.linger_poll_interval = Duration::from_millis(1);
     let relay = start_relay(&config);

@@ -16,7 +16,7 @@ mod database;
 mod ops;
 mod redact;
 mod relay;
-pub mod routing;
+mod routing;
 mod table;
 mod validate;
 
@@ -31,7 +31,7 @@ pub use database::{DatabaseConfig, DatabaseUrl, InvalidUrl, PgTarget, TlsMode};
 pub use ops::{InboxConfig, LogConfig, LogFormat, MetricsConfig, RetentionConfig, StatusPage};
 pub use redact::redact_url;
 pub use relay::{RelayConfig, RelayMode, RetryConfig};
-pub use routing::RoutingTemplate;
+pub use routing::{RoutingTemplate, TemplateError};
 pub use table::{InvalidTableName, TableName};
 
 /// Prefix of the environment variables that override configuration keys.

@@ -41,6 +41,17 @@ pub fn relay_config(db: &TestDb, broker: &TestBroker) -> Config {
     config
 }
 
+/// [`relay_config`] for a relay only a NOTIFY can wake: its fallback poll and its
+/// coordination ticks are an hour away (the lease twice that). Tests set the `linger` they
+/// need.
+pub fn notify_only_config(db: &TestDb, broker: &TestBroker) -> Config {
+    let mut config = relay_config(db, broker);
+    config.relay.poll_interval = Duration::from_secs(3600);
+    config.relay.rebalance_interval = Duration::from_secs(3600);
+    config.relay.lease_timeout = Duration::from_secs(7200);
+    config
+}
+
 /// A relay running in-process.
 pub struct RunningRelay {
     pub shutdown: CancellationToken,
