@@ -232,6 +232,37 @@ async fn per_aggregate_order_holds_with_concurrent_producers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_producer_on_one_hot_aggregate_leaves_nothing_for_a_rescan() {
+    // GIVEN a running relay that has published a first event (it owns its buckets)
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::bound().await;
+    let mut rx = broker.consume().await;
+    let relay = start_relay(&relay_config(&db, &broker));
+    let client = db.client().await;
+    db.insert(&client, "hot", "0").await;
+    receive_n(&mut rx, 1).await;
+
+    // WHEN one producer commits 3,000 events of that aggregate, one transaction after the
+    // other (nothing commits late), while the relay reads, publishes and settles them
+    const EVENTS: usize = 3_000;
+    for i in 1..=EVENTS {
+        db.insert(&client, "hot", &i.to_string()).await;
+    }
+
+    // THEN they arrive in order
+    let messages = receive_n(&mut rx, EVENTS).await;
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m.header("x-event-type"), Some((i + 1).to_string().as_str()));
+    }
+    // AND no read took an event for one behind an unread predecessor: a predecessor settled
+    // while the read ran is gone from memory but not unread (the relay used to rescan for
+    // those, about one event in 150 on this shape)
+    assert_eq!(relay.metrics.read_gaps.get(), 0);
+    relay.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_aggregate_is_retried_while_others_flow_then_delivered_in_order() {
     // GIVEN a queue bound only for orders
     let db = TestDb::migrated().await;

@@ -84,6 +84,9 @@ pub struct Metrics {
     pub oldest_eligible_age_by_type: Family<AggregateTypeLabel, AgeGauge>,
     /// `outbox_retention_deleted_total`: dispatched rows deleted by this relay's retention.
     pub retention_deleted: Counter,
+    /// `outbox_read_gaps_total`: events a read left for a rescan because an earlier pending
+    /// event of their aggregate was not in memory (committed late, or replayed).
+    pub read_gaps: Counter,
     /// Events confirmed, all destinations together. Not exported (the per-destination
     /// `outbox_events_published_total` is); it feeds the status page's publish rate.
     pub confirmed: Counter,
@@ -199,6 +202,13 @@ impl Metrics {
             "Dispatched rows deleted by this relay's retention purge",
             retention_deleted.clone(),
         );
+        let read_gaps = Counter::default();
+        registry.register(
+            "outbox_read_gaps",
+            "Events a read left for a rescan: an earlier pending event of their aggregate had \
+             not been read yet (committed late, or replayed)",
+            read_gaps.clone(),
+        );
         let owned_buckets = Gauge::default();
         registry.register(
             "outbox_owned_buckets",
@@ -243,6 +253,7 @@ impl Metrics {
             oldest_pending_age_by_type,
             oldest_eligible_age_by_type,
             retention_deleted,
+            read_gaps,
             confirmed: Counter::default(),
         };
         metrics.set_placeholder(true);

@@ -106,6 +106,7 @@ pub struct Pipeline<P: Publisher> {
     /// Events whose outcome was saved (and left memory) while a read ran: that read may still
     /// return them as pending, or as the predecessor of an event.
     saved_during_read: HashSet<Uuid>,
+    /// Their `seq`s: an event read with one of them as its predecessor is not behind a gap.
     saved_seqs_during_read: HashSet<i64>,
     calls: JoinSet<CallReport>,
     call_contents: HashMap<Id, CallContents>,

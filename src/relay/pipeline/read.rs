@@ -118,7 +118,7 @@ impl<P: Publisher> Pipeline<P> {
         let last = rows.last().map(|r| r.event.seq);
         let until = self.rescan.map_or(i64::MAX, |r| r.until);
         let mut added = Vec::new();
-        let mut gaps = 0;
+        let mut gaps: u64 = 0;
         for ReadRow {
             event,
             due_in,
@@ -153,6 +153,7 @@ impl<P: Publisher> Pipeline<P> {
         }
         tracing::trace!(?kind, read = last, added = added.len(), gaps, "read");
         if gaps > 0 {
+            self.ctx.metrics.read_gaps.inc_by(gaps);
             tracing::debug!(gaps, "events behind an unread predecessor; rescanning");
             self.rescan_soon = true;
         }

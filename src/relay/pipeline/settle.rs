@@ -30,8 +30,12 @@ impl<P: Publisher> Pipeline<P> {
                     }
                 }
                 if self.reading.is_some() {
+                    // The running read may return these as pending, or as the predecessor
+                    // (`prev_seq`) of a new event: that predecessor is settled, not unread.
                     self.saved_during_read
                         .extend(outcomes.forget.iter().copied());
+                    self.saved_seqs_during_read
+                        .extend(self.schedule.seqs_of(&outcomes.forget));
                 }
                 let buckets = self.schedule.forget(&outcomes.forget);
                 self.in_flight.settled(&buckets);
