@@ -213,6 +213,37 @@ mod tests {
     }
 
     #[test]
+    fn values_parsed_while_loading_name_their_key() {
+        let err = from_toml("[database]\nurl = \"postgres://u@h/db?sslmode=bogus\"\n").unwrap_err();
+        assert_eq!(err.key, "database.url");
+        assert!(err.to_string().contains("unknown sslmode `bogus`"), "{err}");
+        let err = from_toml("[broker.rabbitmq]\nrouting_key = \"{aggregate}\"\n").unwrap_err();
+        assert_eq!(err.key, "broker.rabbitmq.routing_key");
+        assert!(err.to_string().contains("unknown placeholder"), "{err}");
+    }
+
+    #[test]
+    fn parsed_values_show_as_written() {
+        let config = from_toml(
+            "[database]\nurl = \"postgres://app:hunter2@db/app?sslmode=require\"\n\
+             table = \"app.events\"\n[broker.rabbitmq]\nrouting_key = \"x.{event_type}\"\n",
+        )
+        .unwrap();
+        let shown = config.redacted_toml();
+        assert!(
+            shown.contains("url = \"postgres://app:***@db/app?sslmode=require\""),
+            "{shown}"
+        );
+        assert!(shown.contains("table = \"app.events\""), "{shown}");
+        assert!(
+            shown.contains("routing_key = \"x.{event_type}\""),
+            "{shown}"
+        );
+        // The Debug form (what a `{config:?}` in a log line prints) hides the password too.
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn zero_batch_is_rejected() {
         let err = from_toml("[relay]\nbatch_size = 0\n").unwrap_err();
         assert_eq!(err.key, "relay.batch_size");
