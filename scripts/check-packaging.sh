@@ -75,6 +75,26 @@ assert docs, "no PrometheusRule rendered"
 yaml.safe_dump({"groups": docs[0]["spec"]["groups"]}, open(sys.argv[2], "w"))
 PY
 check promtool check rules "$OUT/chart-rules.yaml"
+# The chart installs the same alerts as config/ (the docs say so): same names, same
+# expressions but for the chart's namespace selector and its configurable age threshold
+# (tests/packaging/monitoring.yaml sets 120), same `for` and severity.
+check "$PWD/.tools/venv/bin/python" - "$OUT/chart-rules.yaml" config/prometheus-rules.yaml <<'PY'
+import re, sys, yaml
+def alerts(path):
+    rules = [r for g in yaml.safe_load(open(path))["groups"] for r in g["rules"] if "alert" in r]
+    found = {}
+    for r in rules:
+        expr = " ".join(r["expr"].replace('{namespace="outbox"}', "").split())
+        if r["alert"] == "OutboxOldestEligibleEventTooOld":
+            assert re.search(r"> (120|300)$", expr), expr
+            expr = re.sub(r"> \d+$", "> threshold", expr)
+        found[r["alert"]] = (expr, r.get("for"), r["labels"]["severity"])
+    return found
+chart, shipped = alerts(sys.argv[1]), alerts(sys.argv[2])
+assert chart.keys() == shipped.keys(), f"chart {sorted(chart)} vs config {sorted(shipped)}"
+for name in chart:
+    assert chart[name] == shipped[name], f"{name}: chart {chart[name]} vs config {shipped[name]}"
+PY
 
 echo "== Dockerfile"
 check hadolint --failure-threshold warning Dockerfile
