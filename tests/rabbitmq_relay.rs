@@ -233,11 +233,16 @@ async fn per_aggregate_order_holds_with_concurrent_producers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_producer_on_one_hot_aggregate_leaves_nothing_for_a_rescan() {
-    // GIVEN a running relay that has published a first event (it owns its buckets)
+    // GIVEN a running relay that has published a first event (it owns its buckets), with
+    // coordination ticks an hour away: a tick delayed past the lease on a loaded machine
+    // would hand buckets back and forth, and events skipped meanwhile come back as gaps
     let db = TestDb::migrated().await;
     let broker = TestBroker::bound().await;
     let mut rx = broker.consume().await;
-    let relay = start_relay(&relay_config(&db, &broker));
+    let mut config = relay_config(&db, &broker);
+    config.relay.rebalance_interval = Duration::from_secs(3600);
+    config.relay.lease_timeout = Duration::from_secs(7200);
+    let relay = start_relay(&config);
     let client = db.client().await;
     db.insert(&client, "hot", "0").await;
     receive_n(&mut rx, 1).await;
