@@ -434,3 +434,21 @@ async fn returned_messages_are_blamed_on_their_own_events_not_on_a_neighbour() {
     publisher.close().await;
     broker.cleanup().await;
 }
+
+#[test]
+fn a_config_built_in_code_is_validated_by_relay_new() {
+    // GIVEN a configuration a program built without loading it, breaking a rule
+    let mut config = outbox_relay::config::Config::default();
+    config.relay.batch_size = 0;
+    let publisher = outbox_relay::broker::rabbitmq::RabbitMqPublisher::new(
+        &config.broker.rabbitmq,
+        config.relay.publish_timeout,
+    )
+    .unwrap();
+
+    // WHEN a relay is built from it THEN it is refused, naming the key
+    let error = outbox_relay::relay::Relay::new(&config, publisher)
+        .err()
+        .expect("an invalid config is refused");
+    assert!(error.to_string().contains("relay.batch_size"), "{error}");
+}

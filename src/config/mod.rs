@@ -49,7 +49,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
+    fn new(key: &str, message: impl Into<String>) -> Self {
         Self {
             key: key.to_owned(),
             message: message.into(),
