@@ -19,7 +19,7 @@ use common::{
 use outbox_relay::{
     broker::rabbitmq::RabbitMqPublisher,
     config::TableName,
-    store::{Queries, READ_SETTINGS},
+    store::{PLAN_SETTINGS, Queries},
 };
 
 /// The plan of the read, for a generic or a custom plan, on a loaded table never analyzed.
@@ -28,7 +28,7 @@ async fn read_plan(client: &tokio_postgres::Client, mode: &str, after: i64) -> S
     // As the relay runs it: in a transaction with its planner settings, prepared.
     client
         .batch_execute(&format!(
-            "BEGIN; {READ_SETTINGS}; SET LOCAL plan_cache_mode = {mode}; DEALLOCATE ALL; \
+            "BEGIN; {PLAN_SETTINGS}; SET LOCAL plan_cache_mode = {mode}; DEALLOCATE ALL; \
              PREPARE r(int8, int8, int4[], int4) AS {sql}"
         ))
         .await

@@ -44,7 +44,9 @@ fn status_text(status: &Status) -> String {
     let b = &status.backlog;
     let mut out = String::new();
     let _ = writeln!(out, "outbox {}", status.table);
-    let _ = writeln!(out, "  pending      {:>10}", b.pending);
+    // Past the status window (`store::status::WINDOW`) a count is an estimate: "~" says so.
+    let about = |estimated: bool| if estimated { "~" } else { " " };
+    let _ = writeln!(out, "  pending     {}{:>10}", about(b.estimated), b.pending);
     let _ = writeln!(
         out,
         "    retrying   {:>10}   (waiting out a backoff)",
@@ -55,8 +57,21 @@ fn status_text(status: &Status) -> String {
         "    blocked    {:>10}   (behind an earlier event of their aggregate in backoff)",
         b.blocked
     );
-    let _ = writeln!(out, "  dead         {:>10}", b.dead);
-    let _ = writeln!(out, "  dispatched   {:>10}   (retained)", status.dispatched);
+    let _ = writeln!(out, "  dead        {}{:>10}", about(b.estimated), b.dead);
+    let _ = writeln!(
+        out,
+        "  dispatched  {}{:>10}   (retained)",
+        about(status.dispatched_estimated),
+        status.dispatched
+    );
+    if b.estimated {
+        let _ = writeln!(
+            out,
+            "  (~: more than {} events pending or dead; counts past the oldest {} are estimated)",
+            status::WINDOW,
+            status::WINDOW
+        );
+    }
     let _ = writeln!(
         out,
         "  oldest pending   {}",

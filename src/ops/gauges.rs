@@ -1,5 +1,6 @@
-//! The gauge refresher: every `metrics.refresh_interval`, one query over pending and dead
-//! rows ([`status::backlog`]) sets the backlog and age gauges, so a scrape storm never touches
+//! The gauge refresher: every `metrics.refresh_interval`, one query over the oldest pending and
+//! dead rows ([`status::backlog`], at most [`status::WINDOW`] of each, whatever the table
+//! retains or the backlog's depth) sets the backlog and age gauges, so a scrape storm never touches
 //! the table, and tells the health state how long the oldest eligible event has been waiting
 //! (the input of the wedged check behind `/healthz`).
 //!
@@ -78,9 +79,9 @@ async fn read(
 ) -> Result<status::Backlog, StoreError> {
     let client = pool.get().await?;
     if snapshot.page == StatusPage::Off {
-        return status::backlog(&**client, table).await;
+        return status::backlog(&client, table).await;
     }
-    let full = status::status(&**client, table).await?;
+    let full = status::status(&client, table).await?;
     let dead = match snapshot.page {
         StatusPage::Details => {
             Some(admin::latest_dead_events(&**client, table, LATEST_DEAD).await?)
@@ -114,6 +115,7 @@ pub fn apply(metrics: &Metrics, backlog: &status::Backlog, seen: &mut HashSet<St
     metrics
         .oldest_pending_age
         .set(backlog.oldest_pending_age_seconds.unwrap_or(0.0));
+    metrics.backlog_estimated.set(i64::from(backlog.estimated));
     metrics
         .oldest_eligible_age
         .set(backlog.oldest_eligible_age_seconds.unwrap_or(0.0));

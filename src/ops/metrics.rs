@@ -75,6 +75,9 @@ pub struct Metrics {
     pub oldest_pending_age: AgeGauge,
     /// `outbox_oldest_eligible_age_seconds`
     pub oldest_eligible_age: AgeGauge,
+    /// `outbox_backlog_estimated`: 1 while more events are pending or dead than the status
+    /// window reads (`store::status::WINDOW`): the counts past it are estimates.
+    pub backlog_estimated: Gauge,
     /// `outbox_oldest_pending_age_by_type_seconds{aggregate_type}`: the unlabelled gauge
     /// above per aggregate type (a second family, so the unlabelled series the alerts and
     /// dashboards aggregate keeps its meaning).
@@ -184,6 +187,13 @@ impl Metrics {
             "Age of the oldest pending event that is due now (not waiting out a backoff)",
             oldest_eligible_age.clone(),
         );
+        let backlog_estimated = Gauge::default();
+        registry.register(
+            "outbox_backlog_estimated",
+            "1 when more events are pending or dead than the status window reads \
+             (10,000 of each): the counts past it are estimates",
+            backlog_estimated.clone(),
+        );
         let oldest_pending_age_by_type = Family::<AggregateTypeLabel, AgeGauge>::default();
         registry.register(
             "outbox_oldest_pending_age_by_type_seconds",
@@ -250,6 +260,7 @@ impl Metrics {
             dead_events,
             oldest_pending_age,
             oldest_eligible_age,
+            backlog_estimated,
             oldest_pending_age_by_type,
             oldest_eligible_age_by_type,
             retention_deleted,

@@ -100,6 +100,21 @@ pub struct Replayed {
     pub aggregate_id: String,
 }
 
+/// What a replay sets: pending, no attempts, due now.
+const REPLAY_SET: &str = "SET status = 'pending', attempts = 0, available_at = now()";
+
+/// The replay of chosen dead events, `$1 uuid[]`. `status` is compared under "C" (as
+/// [`crate::store::PENDING`]): the planner cannot use the dead index's predicate, and looks
+/// the ids up in the primary key instead of walking every dead row (which statistics taken
+/// when nothing was dead make it believe is free).
+pub fn replay_ids_sql(table: &TableName) -> String {
+    format!(
+        "UPDATE {} {REPLAY_SET} WHERE status = 'dead' COLLATE \"C\" AND id = ANY($1::uuid[]) \
+         RETURNING id, aggregate_type, aggregate_id, seq",
+        table.qualified()
+    )
+}
+
 /// Moves the selected dead events back to pending with `attempts = 0`, due now, and wakes
 /// sleeping relays (a NOTIFY, delivered when the caller's transaction commits). `last_error`
 /// is kept as the record of why the event died until it is dispatched (which clears it).
@@ -110,19 +125,8 @@ pub async fn replay(
     selection: &ReplaySelection,
 ) -> Result<Vec<Replayed>, StoreError> {
     let t = table.qualified();
-    let set = "SET status = 'pending', attempts = 0, available_at = now()";
     let rows = match selection {
-        ReplaySelection::Ids(ids) => {
-            client
-                .query(
-                    &format!(
-                        "UPDATE {t} {set} WHERE status = 'dead' AND id = ANY($1) \
-                         RETURNING id, aggregate_type, aggregate_id, seq"
-                    ),
-                    &[ids],
-                )
-                .await?
-        }
+        ReplaySelection::Ids(ids) => client.query(&replay_ids_sql(table), &[ids]).await?,
         ReplaySelection::AllDead {
             aggregate_type,
             since,
@@ -130,7 +134,7 @@ pub async fn replay(
             client
                 .query(
                     &format!(
-                        "UPDATE {t} {set} WHERE status = 'dead' \
+                        "UPDATE {t} {REPLAY_SET} WHERE status = 'dead' \
                            AND ($1::text IS NULL OR aggregate_type = $1) \
                            AND ($2::timestamptz IS NULL OR created_at >= $2) \
                          RETURNING id, aggregate_type, aggregate_id, seq"

@@ -29,7 +29,7 @@ use crate::{
     config::TableName,
     event::{NewEvent, OutboxEvent},
 };
-pub use queries::{Queries, READ_SETTINGS};
+pub use queries::{PENDING, PLAN_SETTINGS, Queries};
 
 /// A failure talking to Postgres. Callers branch on [`StoreError::is_connection`]: a lost
 /// connection means "database down, retry later", anything else is a bug or a schema problem.
@@ -194,19 +194,14 @@ impl Store {
             Some((owned, count)) => (Some(owned), count),
             None => (None, 1),
         };
-        // One round trip: BEGIN with the planner settings, the read and COMMIT are pipelined
-        // (tokio-postgres sends them in this order without waiting). If any fails, the read's
-        // rows are not used.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&after_seq, &limit, &owned, &count];
-        let (begun, rows, committed) = tokio::join!(
-            client.batch_execute(&self.sql.read_begin),
+        let rows = planned(
+            &client,
+            &self.sql.planned_begin,
             client.query(&stmt, &params),
-            client.batch_execute("COMMIT"),
-        );
-        begun?;
-        let rows = rows?;
-        committed?;
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 let due_in_ms: i64 = row.try_get("due_in_ms")?;
@@ -231,7 +226,12 @@ impl Store {
             DispatchMode::Delete => &self.sql.delete_dispatched,
         };
         let stmt = client.prepare_cached(sql).await?;
-        Ok(client.execute(&stmt, &[&ids]).await?)
+        planned(
+            &client,
+            &self.sql.planned_begin,
+            client.execute(&stmt, &[&ids]),
+        )
+        .await
     }
 
     /// Records failed attempts: `attempts + 1`, `last_error`, a new `available_at`, or `dead`.
@@ -248,9 +248,12 @@ impl Store {
         let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
         let client = self.client().await?;
         let stmt = client.prepare_cached(&self.sql.record_failures).await?;
-        Ok(client
-            .execute(&stmt, &[&ids, &errors, &delays, &dead])
-            .await?)
+        planned(
+            &client,
+            &self.sql.custom_begin,
+            client.execute(&stmt, &[&ids, &errors, &delays, &dead]),
+        )
+        .await
     }
 
     /// Wake-up protocol, step 1: announce "a relay is about to sleep"; from now on producers
@@ -277,6 +280,26 @@ impl Store {
         client.execute(&self.sql.announce_wake, &[]).await?;
         Ok(())
     }
+}
+
+/// Runs `statement` in its own transaction opened by `begin` (`BEGIN` plus the pinned planner
+/// settings, [`PLAN_SETTINGS`]), in one round trip: tokio-postgres sends `begin`, the
+/// statement and `COMMIT` in this order without waiting for each other. If any fails, the
+/// statement's result is not used (a failed statement turns the `COMMIT` into a rollback).
+pub async fn planned<T>(
+    client: &tokio_postgres::Client,
+    begin: &str,
+    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StoreError> {
+    let (begun, result, committed) = tokio::join!(
+        client.batch_execute(begin),
+        statement,
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    let result = result?;
+    committed?;
+    Ok(result)
 }
 
 /// Subscribes `client` (a dedicated connection) to the table's NOTIFY channel, named after

@@ -11,45 +11,55 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use prometheus_client::metrics::counter::Counter;
-use tokio_postgres::GenericClient;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::StoreError;
+use super::{PLAN_SETTINGS, StoreError, planned};
 use crate::config::TableName;
 
 /// Pause between two batches of one purge run, to leave room for producers and the relay.
 const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
+/// The purge's statement: `$1 int8` age in milliseconds, `$2 int8` rows at most. Run with the
+/// pinned planner settings ([`crate::store::PLAN_SETTINGS`]), it is a range scan of the
+/// dispatched index from its oldest end that stops at `$2` rows: when nothing is old enough
+/// it reads one index page, however many rows the table retains (without them, a table never
+/// analyzed gets a sequential scan of every retained row, each `retention.interval`).
+pub fn purge_sql(table: &TableName) -> String {
+    let t = table.qualified();
+    format!(
+        "DELETE FROM {t} WHERE id IN ( \
+           SELECT id FROM {t} \
+           WHERE status = 'dispatched' \
+             AND dispatched_at < now() - $1::int8 * interval '1 millisecond' \
+           ORDER BY dispatched_at \
+           LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    )
+}
+
 /// Deletes up to `limit` dispatched rows whose `dispatched_at` is older than `older_than`;
-/// returns how many.
+/// returns how many. Runs in its own transaction.
 pub async fn purge_batch(
-    client: &impl GenericClient,
+    client: &Client,
     table: &TableName,
     older_than: Duration,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    let t = table.qualified();
     let older_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-    Ok(client
-        .execute(
-            &format!(
-                "DELETE FROM {t} WHERE id IN ( \
-                   SELECT id FROM {t} \
-                   WHERE status = 'dispatched' \
-                     AND dispatched_at < now() - $1::int8 * interval '1 millisecond' \
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ),
-            &[&older_ms, &limit],
-        )
-        .await?)
+    let sql = purge_sql(table);
+    planned(
+        client,
+        &format!("BEGIN; {PLAN_SETTINGS}"),
+        client.execute(&sql, &[&older_ms, &limit]),
+    )
+    .await
 }
 
 /// Purges in batches of `batch` until a batch deletes fewer rows; returns the total. Each
-/// batch is its own statement (its own transaction unless `client` is one), so locks and WAL
-/// stay small. `on_batch` hears each batch's count as soon as it is deleted (a long purge
+/// batch is its own statement in its own transaction, so locks and WAL stay small. `on_batch` hears each batch's count as soon as it is deleted (a long purge
 /// shows progress, and rows deleted before an error are still counted).
 pub async fn purge(
-    client: &impl GenericClient,
+    client: &Client,
     table: &TableName,
     older_than: Duration,
     batch: i64,
@@ -146,7 +156,7 @@ async fn purge_run(
     schedule: &RetentionSchedule,
 ) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    purge(&**client, table, schedule.older_than, schedule.batch, |n| {
+    purge(&client, table, schedule.older_than, schedule.batch, |n| {
         schedule.deleted.inc_by(n);
     })
     .await
