@@ -2,6 +2,8 @@
 
 use clap::{Parser, builder::RangedU64ValueParser};
 
+use crate::fixtures::{Backlog, TableShape};
+
 /// The relay benchmark (see the README's Performance section).
 #[derive(Parser, Debug)]
 #[command(name = "relay-bench", bin_name = "cargo bench --bench relay --")]
@@ -23,11 +25,19 @@ pub struct Args {
     /// interleaved with all others.
     #[arg(long, default_value_t = 1_000, value_parser = positive())]
     pub aggregates: usize,
-    /// VACUUM ANALYZE the table after the prefill. Off by default: the table is measured
-    /// as loaded (one INSERT ... SELECT, no statistics), as a backlog arrives in production
-    /// between autovacuum runs.
-    #[arg(long)]
-    pub analyze: bool,
+    /// The table's statistics when the relay meets the prefilled backlog: `unanalyzed` (as
+    /// loaded by one INSERT ... SELECT, no statistics: a backlog arriving between autovacuum
+    /// runs), `analyzed` (VACUUM ANALYZE after the load) or `quiet` (`--quiet-rows`
+    /// dispatched rows, VACUUM ANALYZE, then the backlog, not analyzed after: what autovacuum
+    /// leaves before an outage's backlog arrives; autovacuum is turned off on the table).
+    #[arg(long, value_enum, default_value_t = TableShape::Unanalyzed)]
+    table_shape: TableShape,
+    /// Same as `--table-shape analyzed`.
+    #[arg(long, conflicts_with = "table_shape")]
+    analyze: bool,
+    /// Dispatched rows written and analyzed before the backlog in the `quiet` table shape.
+    #[arg(long, default_value_t = 20_000, value_parser = positive())]
+    pub quiet_rows: usize,
     /// Give up on a drain after this many seconds and report the rate so far.
     #[arg(long, default_value_t = 600, value_parser = positive_u64())]
     pub drain_timeout: u64,
@@ -72,6 +82,29 @@ pub struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+impl Args {
+    /// The table shape of the prefilled backlogs (`--analyze` is `--table-shape analyzed`).
+    pub fn shape(&self) -> TableShape {
+        if self.analyze {
+            TableShape::Analyzed
+        } else {
+            self.table_shape
+        }
+    }
+
+    /// The prefilled backlog of `events` over `aggregates` in the run's payload size, table
+    /// shape and quiet rows.
+    pub fn backlog(&self, events: usize, aggregates: usize) -> Backlog {
+        Backlog {
+            events,
+            aggregates,
+            payload: self.payload_bytes,
+            shape: self.shape(),
+            quiet_rows: self.quiet_rows,
+        }
+    }
 }
 
 fn positive() -> RangedU64ValueParser<usize> {

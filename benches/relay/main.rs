@@ -1,7 +1,8 @@
 //! The relay benchmark: one run measures the raw limits of this machine and the relay against
 //! them, side by side (see the README's Performance section).
 //!
-//! `cargo bench --bench relay -- [--events N] [--aggregates N] [--analyze] [--payload-bytes B]
+//! `cargo bench --bench relay -- [--events N] [--aggregates N]
+//!  [--table-shape unanalyzed|analyzed|quiet] [--quiet-rows N] [--analyze] [--payload-bytes B]
 //!  [--batch-size S] [--replicas R] [--drain-timeout T] [--latency-seconds T] [--rate R]
 //!  [--producer-seconds T] [--sqs] [--sqs-events N] [--skip-broker] [--skip-store]
 //!  [--skip-drain] [--skip-latency] [--skip-producers]`
@@ -9,10 +10,13 @@
 //! (`-- --help` lists them.)
 //!
 //! The backlog is spread over `--aggregates` aggregates (default 1,000) round-robin in `seq`
-//! order, written by one INSERT ... SELECT and, unless `--analyze`, measured as loaded: no
-//! statistics, as a backlog arrives in production between autovacuum runs. `--matrix` runs
-//! the raw broker limit and the confirm round trips once, then the drain for aggregates 10 /
-//! 100 / 1,000 / 100,000 at a 50k backlog and 1,000 at 500k, as one table against them.
+//! order, written by one INSERT ... SELECT and measured in a table shape: `unanalyzed`
+//! (default) as loaded, no statistics, as a backlog arrives in production between autovacuum
+//! runs; `analyzed` (or `--analyze`) VACUUM ANALYZEd after the load; `quiet` analyzed while
+//! holding only `--quiet-rows` dispatched rows, then the backlog, as autovacuum leaves a
+//! table before an outage's backlog. `--matrix` runs the raw broker limit and the confirm
+//! round trips once, then the drain for aggregates 10 / 100 / 1,000 / 100,000 at a 50k
+//! backlog and 1,000 at 500k, as one table against them.
 //!
 //! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` adds part 7,
 //! the SQS variant against the emulator at `OUTBOX_TEST_SQS` (default moto on
@@ -23,9 +27,9 @@
 //! environment reach it too (e.g. `OUTBOX_RELAY_RELAY__MODE=poll`) and are printed.
 //!
 //! This file runs the parts in order and prints them; [`args`] holds the flags, [`fixtures`]
-//! the databases, backlogs and queues, [`limits`] parts 1-2 (the raw limits), [`drain`] parts
-//! 3 and 6, [`latency`] part 4, [`producers`] part 5, [`sqs`] part 7, [`matrix`] `--matrix`,
-//! [`report`] the formatting shared by the printouts.
+//! the databases, table shapes, backlogs and queues, [`limits`] parts 1-2 (the raw limits),
+//! [`drain`] parts 3 and 6, [`latency`] part 4, [`producers`] part 5, [`sqs`] part 7,
+//! [`matrix`] `--matrix`, [`report`] the formatting shared by the printouts.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod args;
@@ -65,19 +69,14 @@ async fn main() {
         matrix(&a).await;
         return;
     }
-    let backlog = Backlog {
-        events: a.events,
-        aggregates: a.aggregates,
-        payload: a.payload_bytes,
-        analyze: a.analyze,
-    };
+    let backlog = a.backlog(a.events, a.aggregates);
     let timeout = Duration::from_secs(a.drain_timeout);
     println!(
         "outbox-relay benchmark: {} events over {} aggregates",
         thousands(a.events as f64),
         thousands(a.aggregates as f64)
     );
-    describe_setup(&a).await;
+    describe_setup(&a, &a.shape().describe(a.quiet_rows)).await;
     let (broker, minimal, serial, at_aggregates) = if a.skip_broker {
         (
             BrokerRun::SKIPPED,

@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::{
     args::Args,
     drain::relay_drain,
-    fixtures::Backlog,
     limits::{BrokerRun, RAW_WINDOW, order_bound, raw_broker_limits, raw_combined, round_trip},
     report::{describe_rtts, describe_setup, thousands, verdict},
 };
@@ -16,12 +15,7 @@ use crate::{
 pub async fn matrix(a: &Args) {
     let scaled = |n: usize| ((n as f64 * a.matrix_scale).round() as usize).max(1);
     let (small, large) = (scaled(50_000), scaled(500_000));
-    let backlog = |events, aggregates| Backlog {
-        events,
-        aggregates,
-        payload: a.payload_bytes,
-        analyze: a.analyze,
-    };
+    let backlog = |events, aggregates| a.backlog(events, aggregates);
     let timeout = Duration::from_secs(a.drain_timeout);
     println!(
         "outbox-relay benchmark matrix: backlogs {} and {} (scale {})",
@@ -29,7 +23,7 @@ pub async fn matrix(a: &Args) {
         thousands(large as f64),
         a.matrix_scale
     );
-    describe_setup(a).await;
+    describe_setup(a, &a.shape().describe(a.quiet_rows)).await;
     let mut rtts: Vec<(usize, BrokerRun)> = Vec::new();
     let (raw, minimal) = if a.skip_broker {
         (BrokerRun::SKIPPED, BrokerRun::SKIPPED)
