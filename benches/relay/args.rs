@@ -35,7 +35,8 @@ pub struct Args {
     /// Same as `--table-shape analyzed`.
     #[arg(long, conflicts_with = "table_shape")]
     analyze: bool,
-    /// Dispatched rows written and analyzed before the backlog in the `quiet` table shape.
+    /// Dispatched rows written and analyzed before the backlog in the `quiet` table shape
+    /// (also in `--matrix`'s quiet-analyzed rows).
     #[arg(long, default_value_t = 20_000, value_parser = positive())]
     pub quiet_rows: usize,
     /// Give up on a drain after this many seconds and report the rate so far.
@@ -58,7 +59,8 @@ pub struct Args {
     pub sqs_events: usize,
     /// Instead of parts 2-7: the raw broker limit, the confirm round trip at 1/10/100
     /// outstanding confirms, and the relay drain for aggregates 10 / 100 / 1,000 / 100,000
-    /// at a 50,000 backlog and 1,000 aggregates at a 500,000 backlog, as one table.
+    /// at a 50,000 backlog and 1,000 aggregates at a 500,000 backlog, then both backlogs
+    /// over 1,000 aggregates on a table analyzed while quiet, as one table.
     #[arg(long)]
     pub matrix: bool,
     /// Multiplies the matrix's backlogs (e.g. 0.05 for a smoke run); aggregates stay.

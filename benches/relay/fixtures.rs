@@ -90,6 +90,15 @@ pub enum TableShape {
 }
 
 impl TableShape {
+    /// The shape's name in tables ("quiet-analyzed").
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unanalyzed => "unanalyzed",
+            Self::Analyzed => "analyzed",
+            Self::QuietAnalyzed => "quiet-analyzed",
+        }
+    }
+
     /// The shape in a sentence, for the setup line.
     pub fn describe(self, quiet_rows: usize) -> String {
         match self {

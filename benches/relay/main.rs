@@ -16,7 +16,8 @@
 //! holding only `--quiet-rows` dispatched rows, then the backlog, as autovacuum leaves a
 //! table before an outage's backlog. `--matrix` runs the raw broker limit and the confirm
 //! round trips once, then the drain for aggregates 10 / 100 / 1,000 / 100,000 at a 50k
-//! backlog and 1,000 at 500k, as one table against them.
+//! backlog and 1,000 at 500k, then 50k and 500k over 1,000 on the quiet-analyzed table, as
+//! one table against them.
 //!
 //! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` adds part 7,
 //! the SQS variant against the emulator at `OUTBOX_TEST_SQS` (default moto on
