@@ -66,6 +66,18 @@ pub struct Args {
     /// Multiplies the matrix's backlogs (e.g. 0.05 for a smoke run); aggregates stay.
     #[arg(long, default_value_t = 1.0, value_parser = positive_f64)]
     pub matrix_scale: f64,
+    /// Instead of parts 1-7, for each N of a comma-separated list (e.g. 3000000,10000000):
+    /// a database retaining N dispatched rows (analyzed, nothing pending): the idle relay's
+    /// CPU cost to Postgres and to itself, then a `--retained-drain-events` drain, each next
+    /// to the same on an empty table.
+    #[arg(long, value_delimiter = ',', value_parser = positive(), conflicts_with = "matrix")]
+    pub retained: Vec<usize>,
+    /// `--retained`: how long the idle relay's CPU is measured (after 5 s of start-up).
+    #[arg(long, default_value_t = 30, value_parser = positive_u64())]
+    pub idle_seconds: u64,
+    /// `--retained`: events of the pending backlog drained on the retained and the empty table.
+    #[arg(long, default_value_t = 100_000, value_parser = positive())]
+    pub retained_drain_events: usize,
     /// Skip part 1 (raw broker).
     #[arg(long)]
     pub skip_broker: bool,

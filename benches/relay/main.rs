@@ -7,6 +7,8 @@
 //!  [--producer-seconds T] [--sqs] [--sqs-events N] [--skip-broker] [--skip-store]
 //!  [--skip-drain] [--skip-latency] [--skip-producers]`
 //! `cargo bench --bench relay -- --matrix [--matrix-scale F] [...]`
+//! `cargo bench --bench relay -- --retained N[,N...] [--idle-seconds T]
+//!  [--retained-drain-events N] [...]`
 //! (`-- --help` lists them.)
 //!
 //! The backlog is spread over `--aggregates` aggregates (default 1,000) round-robin in `seq`
@@ -17,7 +19,8 @@
 //! table before an outage's backlog. `--matrix` runs the raw broker limit and the confirm
 //! round trips once, then the drain for aggregates 10 / 100 / 1,000 / 100,000 at a 50k
 //! backlog and 1,000 at 500k, then 50k and 500k over 1,000 on the quiet-analyzed table, as
-//! one table against them.
+//! one table against them. `--retained` measures the idle relay's CPU and a drain on a table
+//! retaining N dispatched rows, each next to an empty table.
 //!
 //! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` adds part 7,
 //! the SQS variant against the emulator at `OUTBOX_TEST_SQS` (default moto on
@@ -30,17 +33,20 @@
 //! This file runs the parts in order and prints them; [`args`] holds the flags, [`fixtures`]
 //! the databases, table shapes, backlogs and queues, [`limits`] parts 1-2 (the raw limits),
 //! [`drain`] parts 3 and 6, [`latency`] part 4, [`producers`] part 5, [`sqs`] part 7,
-//! [`matrix`] `--matrix`, [`report`] the formatting shared by the printouts.
+//! [`matrix`] `--matrix`, [`retained`] `--retained` with [`idle`] its CPU accounting,
+//! [`report`] the formatting shared by the printouts.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod args;
 mod drain;
 mod fixtures;
+mod idle;
 mod latency;
 mod limits;
 mod matrix;
 mod producers;
 mod report;
+mod retained;
 mod sqs;
 
 use std::time::Duration;
@@ -59,6 +65,7 @@ use crate::{
     matrix::matrix,
     producers::producers,
     report::{describe_setup, thousands},
+    retained::retained,
     sqs::{SQS_IN_FLIGHT, raw_sqs, relay_drain_sqs},
 };
 
@@ -68,6 +75,10 @@ async fn main() {
     let a = Args::parse();
     if a.matrix {
         matrix(&a).await;
+        return;
+    }
+    if !a.retained.is_empty() {
+        retained(&a).await;
         return;
     }
     let backlog = a.backlog(a.events, a.aggregates);
