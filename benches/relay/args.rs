@@ -2,6 +2,8 @@
 
 use clap::{Parser, builder::RangedU64ValueParser};
 
+use crate::fixtures::{Backlog, TableShape};
+
 /// The relay benchmark (see the README's Performance section).
 #[derive(Parser, Debug)]
 #[command(name = "relay-bench", bin_name = "cargo bench --bench relay --")]
@@ -23,11 +25,20 @@ pub struct Args {
     /// interleaved with all others.
     #[arg(long, default_value_t = 1_000, value_parser = positive())]
     pub aggregates: usize,
-    /// VACUUM ANALYZE the table after the prefill. Off by default: the table is measured
-    /// as loaded (one INSERT ... SELECT, no statistics), as a backlog arrives in production
-    /// between autovacuum runs.
-    #[arg(long)]
-    pub analyze: bool,
+    /// The table's statistics when the relay meets the prefilled backlog: `unanalyzed` (as
+    /// loaded by one INSERT ... SELECT, no statistics: a backlog arriving between autovacuum
+    /// runs), `analyzed` (VACUUM ANALYZE after the load) or `quiet` (`--quiet-rows`
+    /// dispatched rows, VACUUM ANALYZE, then the backlog, not analyzed after: what autovacuum
+    /// leaves before an outage's backlog arrives; autovacuum is turned off on the table).
+    #[arg(long, value_enum, default_value_t = TableShape::Unanalyzed)]
+    table_shape: TableShape,
+    /// Same as `--table-shape analyzed`.
+    #[arg(long, conflicts_with = "table_shape")]
+    analyze: bool,
+    /// Dispatched rows written and analyzed before the backlog in the `quiet` table shape
+    /// (also in `--matrix`'s quiet-analyzed rows).
+    #[arg(long, default_value_t = 20_000, value_parser = positive())]
+    pub quiet_rows: usize,
     /// Give up on a drain after this many seconds and report the rate so far.
     #[arg(long, default_value_t = 600, value_parser = positive_u64())]
     pub drain_timeout: u64,
@@ -48,12 +59,25 @@ pub struct Args {
     pub sqs_events: usize,
     /// Instead of parts 2-7: the raw broker limit, the confirm round trip at 1/10/100
     /// outstanding confirms, and the relay drain for aggregates 10 / 100 / 1,000 / 100,000
-    /// at a 50,000 backlog and 1,000 aggregates at a 500,000 backlog, as one table.
+    /// at a 50,000 backlog and 1,000 aggregates at a 500,000 backlog, then both backlogs
+    /// over 1,000 aggregates on a table analyzed while quiet, as one table.
     #[arg(long)]
     pub matrix: bool,
     /// Multiplies the matrix's backlogs (e.g. 0.05 for a smoke run); aggregates stay.
     #[arg(long, default_value_t = 1.0, value_parser = positive_f64)]
     pub matrix_scale: f64,
+    /// Instead of parts 1-7, for each N of a comma-separated list (e.g. 3000000,10000000):
+    /// a database retaining N dispatched rows (analyzed, nothing pending): the idle relay's
+    /// CPU cost to Postgres and to itself, then a `--retained-drain-events` drain, each next
+    /// to the same on an empty table.
+    #[arg(long, value_delimiter = ',', value_parser = positive(), conflicts_with = "matrix")]
+    pub retained: Vec<usize>,
+    /// `--retained`: how long the idle relay's CPU is measured (after 5 s of start-up).
+    #[arg(long, default_value_t = 30, value_parser = positive_u64())]
+    pub idle_seconds: u64,
+    /// `--retained`: events of the pending backlog drained on the retained and the empty table.
+    #[arg(long, default_value_t = 100_000, value_parser = positive())]
+    pub retained_drain_events: usize,
     /// Skip part 1 (raw broker).
     #[arg(long)]
     pub skip_broker: bool,
@@ -72,6 +96,29 @@ pub struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+impl Args {
+    /// The table shape of the prefilled backlogs (`--analyze` is `--table-shape analyzed`).
+    pub fn shape(&self) -> TableShape {
+        if self.analyze {
+            TableShape::Analyzed
+        } else {
+            self.table_shape
+        }
+    }
+
+    /// The prefilled backlog of `events` over `aggregates` in the run's payload size, table
+    /// shape and quiet rows.
+    pub fn backlog(&self, events: usize, aggregates: usize) -> Backlog {
+        Backlog {
+            events,
+            aggregates,
+            payload: self.payload_bytes,
+            shape: self.shape(),
+            quiet_rows: self.quiet_rows,
+        }
+    }
 }
 
 fn positive() -> RangedU64ValueParser<usize> {

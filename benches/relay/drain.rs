@@ -197,16 +197,30 @@ async fn queue_len(ch: &lapin::Channel, queue: &str) -> usize {
 }
 
 /// 3 + 6. The relay draining a pre-written backlog in a fresh database and into a fresh
-/// queue: events/s and peak RSS. Afterwards the queue is checked against the table: fewer
-/// messages than events settled as dispatched is a loss, and says so.
+/// queue: events/s and peak RSS (see [`drain_db`]).
 pub async fn relay_drain(b: Backlog, batch: usize, replicas: usize, timeout: Duration) -> Drain {
     let (name, url) = prefilled_db(b).await;
+    let drain = drain_db(&url, b.events, batch, replicas, timeout).await;
+    drop_db(&name).await;
+    drain
+}
+
+/// The relay draining the `events` pending events already written to the database at `url`
+/// into a fresh queue: events/s and peak RSS. Afterwards the queue is checked against the
+/// table: fewer messages than events settled as dispatched is a loss, and says so.
+pub async fn drain_db(
+    url: &str,
+    events: usize,
+    batch: usize,
+    replicas: usize,
+    timeout: Duration,
+) -> Drain {
     let (conn, exchange, queue) = fresh_broker().await;
-    let client = connect(&url).await;
+    let client = connect(url).await;
     let ch = conn.create_channel().await.unwrap();
     let started = Instant::now();
     let mut children: Vec<Child> = (0..replicas)
-        .map(|_| spawn_relay(&url, &exchange, batch, &[]))
+        .map(|_| spawn_relay(url, &exchange, batch, &[]))
         .collect();
     // The relays' start-up (connecting, taking their buckets) is timed apart: the rate runs
     // from their first message in the queue, the steady drain.
@@ -221,7 +235,7 @@ pub async fn relay_drain(b: Backlog, batch: usize, replicas: usize, timeout: Dur
     let first_publish = Instant::now();
     let drain = wait_drained(
         &client,
-        b.events,
+        events,
         (started, first_publish),
         timeout,
         &mut children,
@@ -229,7 +243,7 @@ pub async fn relay_drain(b: Backlog, batch: usize, replicas: usize, timeout: Dur
     .await;
     children.into_iter().for_each(stop);
     let (pending, dead) = pending_and_dead(&client).await;
-    let dispatched = b.events - pending - dead;
+    let dispatched = events - pending - dead;
     let queued = queue_len(&ch, &queue).await;
     if queued < dispatched {
         eprintln!(
@@ -240,6 +254,5 @@ pub async fn relay_drain(b: Backlog, batch: usize, replicas: usize, timeout: Dur
         eprintln!("   !! {dead} events went dead");
     }
     broker_cleanup(&conn, &exchange, &queue).await;
-    drop_db(&name).await;
     drain
 }

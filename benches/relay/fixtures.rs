@@ -18,6 +18,8 @@ use outbox_relay::{
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+use crate::report::thousands;
+
 /// The Postgres server (`OUTBOX_TEST_PG`, as in the tests), without a database.
 pub fn pg_server() -> String {
     std::env::var("OUTBOX_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -72,6 +74,44 @@ pub async fn drop_db(name: &str) {
         .await;
 }
 
+/// What the table's statistics say when the backlog arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableShape {
+    /// Never analyzed: the backlog is measured as loaded, no statistics (a backlog that
+    /// arrives between autovacuum runs).
+    Unanalyzed,
+    /// VACUUM ANALYZE after the backlog's load: statistics that know the backlog (flattering).
+    Analyzed,
+    /// Analyzed while quiet: `--quiet-rows` dispatched rows, VACUUM ANALYZE, then the backlog,
+    /// not analyzed after. What autovacuum leaves in production before an outage's backlog
+    /// arrives: statistics that say the pending partial indexes are empty.
+    #[value(name = "quiet")]
+    QuietAnalyzed,
+}
+
+impl TableShape {
+    /// The shape's name in tables ("quiet-analyzed").
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unanalyzed => "unanalyzed",
+            Self::Analyzed => "analyzed",
+            Self::QuietAnalyzed => "quiet-analyzed",
+        }
+    }
+
+    /// The shape in a sentence, for the setup line.
+    pub fn describe(self, quiet_rows: usize) -> String {
+        match self {
+            Self::Unanalyzed => "measured as loaded (no ANALYZE, no VACUUM)".into(),
+            Self::Analyzed => "VACUUM ANALYZEd after the prefill".into(),
+            Self::QuietAnalyzed => format!(
+                "analyzed while quiet ({} dispatched rows, VACUUM ANALYZE, then the backlog; autovacuum off on the table)",
+                thousands(quiet_rows as f64)
+            ),
+        }
+    }
+}
+
 /// A backlog to prefill: `events` rows of ~`payload` bytes spread over `aggregates`
 /// aggregate_ids round-robin in `seq` order, written by one INSERT ... SELECT (one
 /// transaction, one call of the statement trigger).
@@ -80,31 +120,87 @@ pub struct Backlog {
     pub events: usize,
     pub aggregates: usize,
     pub payload: usize,
-    /// VACUUM ANALYZE after the load; otherwise the table has no statistics, as loaded.
-    pub analyze: bool,
+    /// The table's statistics when the relay meets the backlog.
+    pub shape: TableShape,
+    /// Dispatched rows written and analyzed before the backlog (`TableShape::QuietAnalyzed`
+    /// only).
+    pub quiet_rows: usize,
 }
 
-async fn prefill(url: &str, b: Backlog) {
-    let client = connect(url).await;
-    let pad = "x".repeat(b.payload.saturating_sub(40));
+/// Rows per INSERT ... SELECT of [`retain`]: bounds the memory and WAL of one statement.
+const RETAIN_CHUNK: usize = 500_000;
+
+/// Writes `rows` rows shaped like a backlog's (`payload` bytes, aggregate i mod
+/// `aggregates`), `pending` or already `dispatched` (dispatched_at = now()), in one
+/// INSERT ... SELECT; `first` numbers them.
+async fn insert_rows(
+    client: &Client,
+    first: usize,
+    rows: usize,
+    (aggregates, payload): (usize, usize),
+    dispatched: bool,
+) {
+    let pad = "x".repeat(payload.saturating_sub(40));
+    let (first, last) = (first as i64, (first + rows) as i64 - 1);
     client
         .execute(
-            "INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload) \
-             SELECT 'order', (i % $2::int8)::text, 'created', jsonb_build_object('i', i, 'pad', $3::text) \
-             FROM generate_series(1, $1::int8) i",
-            &[&(b.events as i64), &(b.aggregates as i64), &pad],
+            "INSERT INTO outbox_events \
+               (aggregate_type, aggregate_id, event_type, payload, status, dispatched_at) \
+             SELECT 'order', (i % $3::int8)::text, 'created', \
+               jsonb_build_object('i', i, 'pad', $4::text), \
+               CASE WHEN $5::bool THEN 'dispatched' ELSE 'pending' END, \
+               CASE WHEN $5::bool THEN now() END \
+             FROM generate_series($1::int8, $2::int8) i",
+            &[&first, &last, &(aggregates as i64), &pad, &dispatched],
         )
         .await
         .unwrap();
-    if b.analyze {
+}
+
+/// Retained history: `rows` dispatched rows (dispatched_at = now(), so the default
+/// retention purge deletes none of them for a week), written in chunks of [`RETAIN_CHUNK`],
+/// then VACUUM ANALYZE: the table as autovacuum leaves it while nothing is pending.
+///
+/// Autovacuum is turned off on the table first, so the statistics stay "quiet" until the
+/// measurement ends: in production autovacuum would analyze again once enough rows changed,
+/// and the point is to measure what the relay does until it does.
+pub async fn retain(client: &Client, rows: usize, aggregates: usize, payload: usize) {
+    client
+        .batch_execute("ALTER TABLE outbox_events SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let mut written = 0;
+    while written < rows {
+        let chunk = RETAIN_CHUNK.min(rows - written);
+        insert_rows(client, written + 1, chunk, (aggregates, payload), true).await;
+        written += chunk;
+    }
+    client
+        .batch_execute("VACUUM ANALYZE outbox_events")
+        .await
+        .unwrap();
+}
+
+/// Writes backlog `b` into the migrated database at `url`, in its table shape.
+pub async fn prefill(url: &str, b: Backlog) {
+    let client = connect(url).await;
+    if b.shape == TableShape::QuietAnalyzed {
+        retain(&client, b.quiet_rows, b.aggregates, b.payload).await;
+    }
+    insert_rows(&client, 1, b.events, (b.aggregates, b.payload), false).await;
+    if b.shape == TableShape::Analyzed {
         client
             .batch_execute("VACUUM ANALYZE outbox_events")
             .await
             .unwrap();
     }
-    // Write the load's dirty pages out now rather than in a checkpoint during the
-    // measurement (needs superuser or pg_checkpoint; skipped otherwise). Neither statistics
-    // nor the visibility map change: the table is still "as loaded".
+    checkpoint(&client).await;
+}
+
+/// Writes the load's dirty pages out now rather than in a checkpoint during the
+/// measurement (needs superuser or pg_checkpoint; skipped otherwise). Neither statistics
+/// nor the visibility map change.
+pub async fn checkpoint(client: &Client) {
     let _ = client.batch_execute("CHECKPOINT").await;
 }
 

@@ -1,18 +1,26 @@
 //! The relay benchmark: one run measures the raw limits of this machine and the relay against
 //! them, side by side (see the README's Performance section).
 //!
-//! `cargo bench --bench relay -- [--events N] [--aggregates N] [--analyze] [--payload-bytes B]
+//! `cargo bench --bench relay -- [--events N] [--aggregates N]
+//!  [--table-shape unanalyzed|analyzed|quiet] [--quiet-rows N] [--analyze] [--payload-bytes B]
 //!  [--batch-size S] [--replicas R] [--drain-timeout T] [--latency-seconds T] [--rate R]
 //!  [--producer-seconds T] [--sqs] [--sqs-events N] [--skip-broker] [--skip-store]
 //!  [--skip-drain] [--skip-latency] [--skip-producers]`
 //! `cargo bench --bench relay -- --matrix [--matrix-scale F] [...]`
+//! `cargo bench --bench relay -- --retained N[,N...] [--idle-seconds T]
+//!  [--retained-drain-events N] [...]`
 //! (`-- --help` lists them.)
 //!
 //! The backlog is spread over `--aggregates` aggregates (default 1,000) round-robin in `seq`
-//! order, written by one INSERT ... SELECT and, unless `--analyze`, measured as loaded: no
-//! statistics, as a backlog arrives in production between autovacuum runs. `--matrix` runs
-//! the raw broker limit and the confirm round trips once, then the drain for aggregates 10 /
-//! 100 / 1,000 / 100,000 at a 50k backlog and 1,000 at 500k, as one table against them.
+//! order, written by one INSERT ... SELECT and measured in a table shape: `unanalyzed`
+//! (default) as loaded, no statistics, as a backlog arrives in production between autovacuum
+//! runs; `analyzed` (or `--analyze`) VACUUM ANALYZEd after the load; `quiet` analyzed while
+//! holding only `--quiet-rows` dispatched rows, then the backlog, as autovacuum leaves a
+//! table before an outage's backlog. `--matrix` runs the raw broker limit and the confirm
+//! round trips once, then the drain for aggregates 10 / 100 / 1,000 / 100,000 at a 50k
+//! backlog and 1,000 at 500k, then 50k and 500k over 1,000 on the quiet-analyzed table, as
+//! one table against them. `--retained` measures the idle relay's CPU and a drain on a table
+//! retaining N dispatched rows, each next to an empty table.
 //!
 //! Needs Postgres and RabbitMQ as in the tests (`scripts/services.sh`); `--sqs` adds part 7,
 //! the SQS variant against the emulator at `OUTBOX_TEST_SQS` (default moto on
@@ -23,19 +31,22 @@
 //! environment reach it too (e.g. `OUTBOX_RELAY_RELAY__MODE=poll`) and are printed.
 //!
 //! This file runs the parts in order and prints them; [`args`] holds the flags, [`fixtures`]
-//! the databases, backlogs and queues, [`limits`] parts 1-2 (the raw limits), [`drain`] parts
-//! 3 and 6, [`latency`] part 4, [`producers`] part 5, [`sqs`] part 7, [`matrix`] `--matrix`,
+//! the databases, table shapes, backlogs and queues, [`limits`] parts 1-2 (the raw limits),
+//! [`drain`] parts 3 and 6, [`latency`] part 4, [`producers`] part 5, [`sqs`] part 7,
+//! [`matrix`] `--matrix`, [`retained`] `--retained` with [`idle`] its CPU accounting,
 //! [`report`] the formatting shared by the printouts.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod args;
 mod drain;
 mod fixtures;
+mod idle;
 mod latency;
 mod limits;
 mod matrix;
 mod producers;
 mod report;
+mod retained;
 mod sqs;
 
 use std::time::Duration;
@@ -54,6 +65,7 @@ use crate::{
     matrix::matrix,
     producers::producers,
     report::{describe_setup, thousands},
+    retained::retained,
     sqs::{SQS_IN_FLIGHT, raw_sqs, relay_drain_sqs},
 };
 
@@ -65,19 +77,18 @@ async fn main() {
         matrix(&a).await;
         return;
     }
-    let backlog = Backlog {
-        events: a.events,
-        aggregates: a.aggregates,
-        payload: a.payload_bytes,
-        analyze: a.analyze,
-    };
+    if !a.retained.is_empty() {
+        retained(&a).await;
+        return;
+    }
+    let backlog = a.backlog(a.events, a.aggregates);
     let timeout = Duration::from_secs(a.drain_timeout);
     println!(
         "outbox-relay benchmark: {} events over {} aggregates",
         thousands(a.events as f64),
         thousands(a.aggregates as f64)
     );
-    describe_setup(&a).await;
+    describe_setup(&a, &a.shape().describe(a.quiet_rows)).await;
     let (broker, minimal, serial, at_aggregates) = if a.skip_broker {
         (
             BrokerRun::SKIPPED,

@@ -28,8 +28,9 @@ pub fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "MISSED" }
 }
 
-/// What this run is measured under: cores, the server's autovacuum, relay overrides.
-pub async fn describe_setup(a: &Args) {
+/// What this run is measured under: cores, the table (`table`, e.g. the table shape's
+/// description), the server's autovacuum, relay overrides.
+pub async fn describe_setup(a: &Args, table: &str) {
     let autovacuum: String = connect(&format!("{}/postgres", pg_server()))
         .await
         .query_one("SHOW autovacuum", &[])
@@ -48,11 +49,7 @@ pub async fn describe_setup(a: &Args) {
         a.payload_bytes,
         a.batch_size,
         a.replicas,
-        if a.analyze {
-            "VACUUM ANALYZEd after the prefill"
-        } else {
-            "measured as loaded (no ANALYZE, no VACUUM)"
-        },
+        table,
         if overrides.is_empty() {
             "none".into()
         } else {
