@@ -58,6 +58,24 @@ struct Explained {
 }
 
 impl Explained {
+    /// One line per index scan (kind, index, loops, rows, buffers) and the total: what
+    /// `--no-capture` prints for the record.
+    fn summary(&self) -> String {
+        let scans: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                n.index.as_ref().map(|index| {
+                    format!(
+                        "{} on {index} (loops {}, rows {}, removed {}, buffers {})",
+                        n.kind, n.loops, n.rows, n.removed, n.buffers
+                    )
+                })
+            })
+            .collect();
+        format!("{}; total buffers {}", scans.join("; "), self.buffers)
+    }
+
     fn has(&self, kind: &str) -> bool {
         self.nodes.iter().any(|n| n.kind.contains(kind))
     }
@@ -80,8 +98,12 @@ fn buffers(node: &Value) -> i64 {
 
 fn flatten(node: &Value, out: &mut Vec<Node>) {
     let number = |k: &str| node[k].as_f64().unwrap_or(0.0);
+    let direction = match node["Scan Direction"].as_str() {
+        Some("Backward") => " Backward",
+        _ => "",
+    };
     out.push(Node {
-        kind: node["Node Type"].as_str().unwrap_or("").to_owned(),
+        kind: format!("{}{direction}", node["Node Type"].as_str().unwrap_or("")),
         index: node["Index Name"].as_str().map(str::to_owned),
         loops: number("Actual Loops"),
         rows: number("Actual Rows"),
@@ -203,6 +225,7 @@ async fn middle_seq(client: &Client) -> i64 {
 /// THEN for a statement that looks `IDS` ids up: one probe of the primary key per id, nothing
 /// filtered away, a bounded number of buffers per id, whatever the backlog.
 fn assert_by_primary_key(what: &str, plan: &Explained) {
+    println!("{what}: {}", plan.summary());
     assert!(
         !plan.has("Seq Scan") && !plan.has("Bitmap"),
         "{what}:\n{}",
@@ -264,6 +287,7 @@ async fn hot_statements_keep_their_plans(shape: Shape) {
                 &format!("{after}, {READ}, {buckets}"),
             )
             .await;
+            println!("{what}: {}", plan.summary());
             // THEN an ordered walk of the pending-seq index that stops at the LIMIT, and one
             // backward descent of the per-aggregate index per row for its predecessor
             assert!(!plan.has("Sort"), "{what}:\n{}", plan.text);
@@ -381,6 +405,7 @@ async fn periodic_buffers(client: &Client) -> Vec<(String, i64, String)> {
             let plan = explain(client, mode, "SELECT 1", sql, types, &args).await;
             assert!(!plan.has("Seq Scan"), "{name}:\n{}", plan.text);
             assert!(!plan.has("Bitmap"), "{name}:\n{}", plan.text);
+            println!("{name} ({mode}): {}", plan.summary());
             out.push((format!("{name} ({mode})"), plan.buffers, plan.text));
         }
     }

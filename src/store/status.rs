@@ -175,8 +175,7 @@ impl StatusQueries {
                         now(), \
                         (SELECT count(*) FROM ( \
                              SELECT 1 FROM {t} WHERE status = 'dispatched' LIMIT $1 + 1) x), \
-                        pg_stat_get_live_tuples($2::text::regclass), \
-                        (SELECT count(*) FROM pw), (SELECT count(*) FROM dw)"
+                        pg_stat_get_live_tuples($2::text::regclass)"
             ),
             failures: format!(
                 "WITH {windows} \
