@@ -1,6 +1,6 @@
 //! `[broker]`: which broker to publish to, `[broker.rabbitmq]` and `[broker.sqs]`.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,11 @@ pub struct RabbitMqConfig {
     pub routing_key: RoutingTemplate,
     /// PEM file with CA certificates trusted for `amqps://`.
     pub ca_file: Option<PathBuf>,
+    /// AMQP heartbeat the relay asks for (the server may lower it): a connection that stops
+    /// answering without closing is noticed within two of these. A `heartbeat=` in `url`
+    /// wins; `0s` turns heartbeats off.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
 }
 
 impl Default for RabbitMqConfig {
@@ -60,6 +65,7 @@ impl Default for RabbitMqConfig {
             routing_key: RoutingTemplate::parse("{aggregate_type}.{event_type}")
                 .expect("the default template parses"),
             ca_file: None,
+            heartbeat: Duration::from_secs(10),
         }
     }
 }

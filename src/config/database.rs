@@ -26,6 +26,13 @@ pub struct DatabaseConfig {
     /// File holding the password (a mounted Secret), used instead of the URL's and read
     /// again for every new connection, so a rotated password needs no restart.
     pub password_file: Option<PathBuf>,
+    /// Deadline of every statement the daemon runs: the server cancels a statement that runs
+    /// longer (`statement_timeout`) and ends a session idle inside a transaction that long
+    /// (`idle_in_transaction_session_timeout`); the relay gives up on an answer 2 s after it
+    /// (a connection that stopped answering without closing) and treats that connection as
+    /// lost. Operator commands and `migrate` run without it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -38,6 +45,7 @@ impl Default for DatabaseConfig {
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
             password_file: None,
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }

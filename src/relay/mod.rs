@@ -9,7 +9,7 @@ pub mod policy;
 pub mod scheduler;
 pub mod wakeup;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,11 @@ pub enum RelayError {
     Config(#[from] ConfigError),
 }
 
+/// How long after the server's `statement_timeout` the relay stops waiting for an answer: a
+/// statement the server cancelled answers with an error within this; one that does not answer
+/// at all is on a connection that stopped answering.
+pub const STATEMENT_GRACE: Duration = Duration::from_secs(2);
+
 /// A configured relay, ready to run.
 pub struct Relay<P: Publisher> {
     config: Config,
@@ -58,7 +63,8 @@ impl<P: Publisher> Relay<P> {
     pub fn new(config: &Config, publisher: P) -> Result<Self, RelayError> {
         config.validate()?;
         let table = config.database.table.clone();
-        let connector = Connector::from_config(&config.database, "outbox-relay")?;
+        let connector = Connector::from_config(&config.database, "outbox-relay")?
+            .with_statement_timeout(config.database.statement_timeout);
         let pool = connector.pool(config.database.pool_size)?;
         let dispatch = if config.retention.dispatched.is_zero() {
             DispatchMode::Delete
@@ -82,7 +88,9 @@ impl<P: Publisher> Relay<P> {
             snapshot,
             config: config.clone(),
             connector,
-            store: Store::new(pool, table, dispatch).with_gate(gate),
+            store: Store::new(pool, table, dispatch)
+                .with_gate(gate)
+                .with_deadline(config.database.statement_timeout + STATEMENT_GRACE),
             publisher: Arc::new(publisher),
             metrics,
             health,

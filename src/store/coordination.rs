@@ -6,12 +6,14 @@
 
 use tokio_postgres::Client;
 
+use super::session::{SessionId, end_session};
 use crate::config::TableName;
 
 /// A coordination session: one dedicated connection and the table's OID.
 pub struct LockSession {
     client: Client,
     oid: i64,
+    id: SessionId,
 }
 
 impl LockSession {
@@ -32,7 +34,20 @@ impl LockSession {
             .query_one("SELECT $1::text::regclass::oid::int8", &[&table.regclass()])
             .await?
             .get(0);
-        Ok(Self { client, oid })
+        let id = SessionId::of(&client).await?;
+        Ok(Self { client, oid, id })
+    }
+
+    /// This session's identity on the server.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Ends an earlier coordination session of this relay that stopped answering (a frozen
+    /// network path keeps it alive on the server, and with it its advisory locks: its
+    /// buckets, and a member slot that counts a relay that is gone). See [`end_session`].
+    pub async fn end(&self, zombie: SessionId) -> Result<bool, tokio_postgres::Error> {
+        end_session(&self.client, zombie).await
     }
 
     /// The advisory lock key of `class` for this table.

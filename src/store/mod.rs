@@ -1,7 +1,7 @@
 //! All SQL lives here: migrations, claiming eligible events, settling publish outcomes,
 //! the idle/wake-up protocol, status queries ([`status`]), dead-letter listing and replay
 //! ([`admin`]), retention purges ([`retention`]), the advisory locks of replica coordination
-//! ([`coordination`]), the GRANT statements for the relay's and the
+//! ([`coordination`]), ending this relay's own abandoned sessions ([`session`]), the GRANT statements for the relay's and the
 //! producers' roles ([`grants`]).
 //!
 //! The hot path ([`Store::read_pending`], [`Store::mark_dispatched`], [`Store::record_failures`]) runs
@@ -17,6 +17,7 @@ pub mod migrate;
 mod queries;
 pub mod retention;
 mod row;
+pub mod session;
 pub mod status;
 
 use std::time::Duration;
@@ -45,13 +46,23 @@ pub enum StoreError {
     /// A statement failed.
     #[error("database error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// No answer within the deadline (`database.statement_timeout` plus a grace): the
+    /// connection stopped answering without closing (a frozen network path, a hung server).
+    /// It is dropped from the pool with every idle connection, which were opened over the
+    /// same path.
+    #[error(
+        "no answer from Postgres within {} (database.statement_timeout plus a grace); \
+         reconnecting",
+        humantime::format_duration(*.0)
+    )]
+    Timeout(Duration),
 }
 
 impl StoreError {
     /// True when the failure is about reaching the database rather than the statement itself.
     pub fn is_connection(&self) -> bool {
         match self {
-            StoreError::Pool(_) | StoreError::Unavailable(_) => true,
+            StoreError::Pool(_) | StoreError::Unavailable(_) | StoreError::Timeout(_) => true,
             StoreError::Postgres(e) => {
                 e.is_closed()
                     || e.code().is_none_or(|code| {
@@ -129,6 +140,9 @@ pub struct Store {
     table: TableName,
     sql: std::sync::Arc<Queries>,
     dispatch: DispatchMode,
+    /// How long a statement may go unanswered before its connection counts as lost (none:
+    /// wait for the server).
+    deadline: Option<Duration>,
 }
 
 impl Store {
@@ -141,6 +155,36 @@ impl Store {
             table,
             sql,
             dispatch,
+            deadline: None,
+        }
+    }
+
+    /// Gives up on a statement unanswered after `deadline` (see [`StoreError::Timeout`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Awaits `work` (statements on one pooled connection) within the deadline.
+    async fn within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout(deadline, work)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(deadline))),
+            None => work.await,
+        }
+    }
+
+    /// After `result` of work on `client`: a connection that missed the deadline is taken out
+    /// of the pool (never reused), and so is every idle one, opened over the same path and
+    /// as likely to be frozen; the pool opens fresh ones.
+    fn after<T>(&self, client: deadpool_postgres::Object, result: &Result<T, StoreError>) {
+        if matches!(result, Err(StoreError::Timeout(_))) {
+            drop(deadpool_postgres::Object::take(client));
+            self.pool.retain(|_, _| false);
         }
     }
 
@@ -247,38 +291,56 @@ impl Store {
             .collect();
         let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(&self.sql.record_failures).await?;
-        planned(
-            &client,
-            &self.sql.custom_begin,
-            client.execute(&stmt, &[&ids, &errors, &delays, &dead]),
-        )
-        .await
+        let result = self
+            .within(async {
+                let stmt = client.prepare_cached(&self.sql.record_failures).await?;
+                planned(
+                    &client,
+                    &self.sql.custom_begin,
+                    client.execute(&stmt, &[&ids, &errors, &delays, &dead]),
+                )
+                .await
+            })
+            .await;
+        self.after(client, &result);
+        result
     }
 
     /// Wake-up protocol, step 1: announce "a relay is about to sleep"; from now on producers
     /// NOTIFY.
     pub async fn announce_sleep(&self) -> Result<(), StoreError> {
+        self.execute(&self.sql.announce_sleep).await
+    }
+
+    /// Runs one parameterless statement within the deadline.
+    async fn execute(&self, sql: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.execute(&self.sql.announce_sleep, &[]).await?;
-        Ok(())
+        let result = self
+            .within(async { Ok(client.execute(sql, &[]).await.map(drop)?) })
+            .await;
+        self.after(client, &result);
+        result
     }
 
     /// Wake-up protocol, step 2: true when no producer is between its INSERT and its commit,
     /// so none can have missed the announcement without being visible to the next claim.
     pub async fn producers_quiet(&self) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_one(&self.sql.producers_quiet, &[&self.table.regclass()])
-            .await?;
-        Ok(row.get(0))
+        let result = self
+            .within(async {
+                let row = client
+                    .query_one(&self.sql.producers_quiet, &[&self.table.regclass()])
+                    .await?;
+                Ok(row.get(0))
+            })
+            .await;
+        self.after(client, &result);
+        result
     }
 
     /// Wake-up protocol, step 3: "this relay is awake again" (balances `announce_sleep`).
     pub async fn announce_wake(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.execute(&self.sql.announce_wake, &[]).await?;
-        Ok(())
+        self.execute(&self.sql.announce_wake).await
     }
 }
 

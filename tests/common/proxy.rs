@@ -1,6 +1,6 @@
-//! A TCP proxy that can cut, refuse and stall connections: a broker or database "outage" for
-//! one test only, without touching the shared servers; and proxies in front of the tests'
-//! RabbitMQ and Postgres.
+//! A TCP proxy that can cut, refuse, stall and freeze connections: a broker or database
+//! "outage" for one test only, without touching the shared servers; and proxies in front of
+//! the tests' RabbitMQ and Postgres.
 
 use std::{
     net::SocketAddr,
@@ -24,6 +24,8 @@ pub struct Proxy {
     generation: Arc<Mutex<CancellationToken>>,
     /// `true` while bytes flow.
     flow: tokio::sync::watch::Sender<bool>,
+    /// Cancelled by [`Proxy::freeze`]: the connections accepted before stop forwarding for good.
+    frozen: Arc<Mutex<CancellationToken>>,
     pub accepted: Arc<AtomicUsize>,
     pub refused: Arc<AtomicUsize>,
     /// Local ports of the proxy's connections to `target` (how the server sees the client).
@@ -40,13 +42,15 @@ impl Proxy {
         let accepted = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
         let upstream = Arc::new(Mutex::new(Vec::new()));
-        let (up2, gen2, acc2, ref2, flow2, upstream2) = (
+        let frozen = Arc::new(Mutex::new(CancellationToken::new()));
+        let (up2, gen2, acc2, ref2, flow2, upstream2, frozen2) = (
             up.clone(),
             generation.clone(),
             accepted.clone(),
             refused.clone(),
             flow.clone(),
             upstream.clone(),
+            frozen.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -60,6 +64,7 @@ impl Proxy {
                 }
                 acc2.fetch_add(1, Ordering::SeqCst);
                 let cut = gen2.lock().unwrap().clone();
+                let freeze = frozen2.lock().unwrap().clone();
                 let (up_flow, down_flow) = (flow2.subscribe(), flow2.subscribe());
                 let upstream = upstream2.clone();
                 tokio::spawn(async move {
@@ -72,8 +77,8 @@ impl Proxy {
                     let (in_read, in_write) = inbound.into_split();
                     let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = pump(in_read, out_write, up_flow) => {}
-                        _ = pump(out_read, in_write, down_flow) => {}
+                        _ = pump(in_read, out_write, up_flow, freeze.clone()) => {}
+                        _ = pump(out_read, in_write, down_flow, freeze) => {}
                         _ = cut.cancelled() => {}
                     }
                 });
@@ -84,6 +89,7 @@ impl Proxy {
             up,
             generation,
             flow,
+            frozen,
             accepted,
             refused,
             upstream,
@@ -107,6 +113,15 @@ impl Proxy {
     /// [`Proxy::restore`] or [`Proxy::cut`].
     pub fn stall(&self) {
         self.flow.send_replace(false);
+    }
+
+    /// Every connection open now stops forwarding for good, in both directions, and stays
+    /// open (a network path or a middlebox that stopped answering; neither end notices);
+    /// connections accepted afterwards work.
+    pub fn freeze(&self) {
+        let mut frozen = self.frozen.lock().unwrap();
+        frozen.cancel();
+        *frozen = CancellationToken::new();
     }
 
     /// Accepts connections and forwards bytes again.
@@ -150,19 +165,27 @@ async fn proxy_to(server_url: &str, default_port: u16) -> (Proxy, url::Url) {
     (proxy, url)
 }
 
-/// Copies `from` to `to`, holding the bytes back while `flow` is `false`.
+/// Copies `from` to `to`, holding the bytes back while `flow` is `false`, and for good once
+/// `frozen` is cancelled (the sockets stay open).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut flow: tokio::sync::watch::Receiver<bool>,
+    frozen: CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = frozen.cancelled() => std::future::pending().await,
         };
+        if frozen.is_cancelled() {
+            std::future::pending::<()>().await;
+        }
         if flow.wait_for(|flowing| *flowing).await.is_err() {
             return;
         }

@@ -44,6 +44,26 @@ use crate::{
 pub use message::message_properties;
 pub use outcome::{Confirmed, outcomes};
 
+/// How long closing a connection being replaced may take (one that stopped answering never
+/// acknowledges the close).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `url` asking for a heartbeat of `heartbeat` (whole seconds, `0` off) unless it names one:
+/// lapin otherwise takes the server's (60 s by default, so ~2 minutes to notice a connection
+/// that stopped answering).
+fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned(); // reported by the connection attempt
+    };
+    if parsed.query_pairs().any(|(k, _)| k == "heartbeat") {
+        return url.to_owned();
+    }
+    parsed
+        .query_pairs_mut()
+        .append_pair("heartbeat", &heartbeat.as_secs().to_string());
+    parsed.to_string()
+}
+
 /// Channels opened per connection unless [`RabbitMqPublisher::with_channels`] says otherwise.
 pub const DEFAULT_CHANNELS: usize = 4;
 
@@ -80,7 +100,7 @@ impl RabbitMqPublisher {
             None => None,
         };
         Ok(Self {
-            url: config.url.clone(),
+            url: with_heartbeat(&config.url, config.heartbeat),
             exchange: config.exchange.clone(),
             routing: config.routing_key.clone(),
             tls: OwnedTLSConfig {
@@ -132,9 +152,20 @@ impl Publisher for RabbitMqPublisher {
             return Ok(());
         }
         if let Some(old) = session.take() {
-            let _ = old.close(200, ShortString::from("reconnecting")).await;
+            // A connection that stopped answering never acknowledges the close.
+            let closing = old.close(200, ShortString::from("reconnecting"));
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         }
-        let (connection, channels) = self.open().await.map_err(|e| {
+        let opened = tokio::time::timeout(self.publish_timeout, self.open())
+            .await
+            .map_err(|_| {
+                PublishError::Unavailable(format!(
+                    "no answer from {} within {} (relay.publish_timeout)",
+                    self.server(),
+                    humantime::format_duration(self.publish_timeout)
+                ))
+            })?;
+        let (connection, channels) = opened.map_err(|e| {
             PublishError::Unavailable(
                 crate::tls::describe(&e, &self.server()).unwrap_or_else(|| e.to_string()),
             )
@@ -155,6 +186,9 @@ impl Publisher for RabbitMqPublisher {
         let Some((generation, channel)) = self.take_channel() else {
             return vec![Err(PublishError::Unavailable("not connected".into())); events.len()];
         };
+        // One deadline for the whole call: sending (a connection that stopped answering stops
+        // taking frames once its buffers fill) and the confirms.
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
         let mut outcomes_by_index: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut pending = Vec::with_capacity(events.len());
         let mut healthy = true;
@@ -167,24 +201,25 @@ impl Publisher for RabbitMqPublisher {
                 ))));
                 continue;
             }
-            let sent = channel
-                .basic_publish(
-                    ShortString::from(self.exchange.as_str()),
-                    ShortString::from(routing_key),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    event.payload.as_bytes(),
-                    message_properties(event),
-                )
-                .await;
+            let sending = channel.basic_publish(
+                ShortString::from(self.exchange.as_str()),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                event.payload.as_bytes(),
+                message_properties(event),
+            );
+            let sent = tokio::time::timeout_at(deadline, sending)
+                .await
+                .map_err(|_| PublishError::Timeout)
+                .and_then(|sent| sent.map_err(|e| PublishError::Unavailable(e.to_string())));
             match sent {
                 Ok(confirm) => pending.push((i, confirm)),
-                Err(e) => {
-                    // The channel is gone: nothing after this can be sent either.
+                Err(error) => {
+                    // The channel is gone or stuck: nothing after this can be sent either.
                     healthy = false;
-                    let error = PublishError::Unavailable(e.to_string());
                     for slot in outcomes_by_index.iter_mut().skip(i) {
                         slot.get_or_insert_with(|| Err(error.clone()));
                     }
@@ -193,7 +228,7 @@ impl Publisher for RabbitMqPublisher {
             }
         }
         let (indices, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout(self.publish_timeout, join_all(confirms)).await {
+        match tokio::time::timeout_at(deadline, join_all(confirms)).await {
             Ok(results) => {
                 let mut returned = HashMap::new();
                 let mut confirmed = Vec::with_capacity(results.len());
@@ -270,5 +305,28 @@ impl Publisher for RabbitMqPublisher {
         if let Some(connection) = self.session.lock().await.take() {
             let _ = connection.close(200, ShortString::from("shutdown")).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_is_asked_for_unless_the_url_names_one() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            with_heartbeat("amqp://guest:guest@127.0.0.1:5672/%2f", ten),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqps://mq:5671/prod?channel_max=8", ten),
+            "amqps://mq:5671/prod?channel_max=8&heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://mq/%2f?heartbeat=30", ten),
+            "amqp://mq/%2f?heartbeat=30"
+        );
+        assert_eq!(with_heartbeat("not a url", ten), "not a url");
     }
 }

@@ -109,6 +109,8 @@ pub async fn run(
     let mut backoff = ReconnectBackoff::new();
     // Warn on the first failure after a success; repeats are debug.
     let mut failing = false;
+    // The last session, when it was given up on: ended by the next one.
+    let mut zombie = None;
     while !shutdown.is_cancelled() {
         // Wait for the connection gate's turn first: the lease timeout bounds the attempt,
         // not the backoff of a database that refuses connections.
@@ -117,7 +119,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         }
         let opened = tokio::select! {
-            opened = tokio::time::timeout(config.lease_timeout, open(&connector, &table, &config)) => {
+            opened = tokio::time::timeout(config.lease_timeout, open(&connector, &table, &config, zombie)) => {
                 opened.unwrap_or(Err(CoordinationError::Timeout))
             }
             _ = shutdown.cancelled() => return,
@@ -140,6 +142,9 @@ pub async fn run(
                 let Some(error) = error else {
                     return; // shutdown
                 };
+                // The server may not know this session is gone (a frozen path): the next one
+                // ends it. One that closed is gone already; ending it again is a no-op.
+                zombie = Some(session.id());
                 health.set_database_up(false, &error.to_string());
                 tracing::warn!(
                     %error,

@@ -14,7 +14,7 @@ use tokio_postgres::AsyncMessage;
 use super::{CoordinationError, CoordinatorConfig, InFlight, Ownership};
 use crate::{
     config::TableName,
-    store::{connect::Connector, coordination::LockSession},
+    store::{connect::Connector, coordination::LockSession, session::SessionId},
 };
 
 /// Advisory-lock class ids (high 32 bits of the key; the low 32 bits are the table's oid).
@@ -37,13 +37,33 @@ pub(super) struct Session {
     pub(super) members_seen: i64,
 }
 
+/// Opens a coordination session and registers this replica. `zombie` is this relay's previous
+/// session when it was abandoned without closing (it stopped answering): it is ended first, so
+/// its locks do not keep buckets from everyone, nor count as a second relay.
 pub(super) async fn open(
     connector: &Connector,
     table: &TableName,
     config: &CoordinatorConfig,
+    zombie: Option<SessionId>,
 ) -> Result<Session, CoordinationError> {
     let (client, messages) = connector.connect_dedicated().await?;
     let locks = LockSession::open(client, table).await?;
+    if let Some(zombie) = zombie {
+        match locks.end(zombie).await {
+            Ok(true) => tracing::warn!(
+                pid = zombie.pid,
+                "ended this relay's previous coordination session, which stopped answering \
+                 (its bucket locks are released)"
+            ),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(
+                %error,
+                pid = zombie.pid,
+                "cannot end this relay's previous coordination session; its buckets stay \
+                 locked until the server notices it is gone"
+            ),
+        }
+    }
     let mut slot = None;
     for candidate in 0..MAX_MEMBERS {
         if locks.try_lock(NS_MEMBER + candidate).await? {
@@ -66,6 +86,13 @@ pub(super) async fn open(
         releasing: BTreeMap::new(),
         members_seen: 0,
     })
+}
+
+impl Session {
+    /// The server session behind it.
+    pub(super) fn id(&self) -> SessionId {
+        self.locks.id()
+    }
 }
 
 pub(super) async fn tick(

@@ -71,6 +71,9 @@ pub struct Connector {
     gate: Gate,
     /// `database.password_file`, re-read for every new connection.
     password_file: Option<Arc<PasswordFile>>,
+    /// Server-side `statement_timeout` and `idle_in_transaction_session_timeout` of every
+    /// session (the daemon's `database.statement_timeout`; none for commands).
+    statement_timeout: Option<Duration>,
 }
 
 impl Connector {
@@ -140,6 +143,7 @@ impl Connector {
             connect_timeout,
             gate: Gate::new(),
             password_file: None,
+            statement_timeout: None,
         })
     }
 
@@ -162,12 +166,29 @@ impl Connector {
         Ok(self)
     }
 
+    /// Sets `statement_timeout` and `idle_in_transaction_session_timeout` on every session
+    /// this connector opens (after the URL's own `options`, so these win).
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
     /// The connection settings for the next connection (with the password file's current
     /// content, if there is one).
     fn settings(&self) -> tokio_postgres::Config {
         let mut config = self.target.config.clone();
         if let Some(file) = &self.password_file {
             config.password(file.current());
+        }
+        if let Some(timeout) = self.statement_timeout {
+            let ms = timeout.as_millis().max(1);
+            let deadlines =
+                format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}");
+            let options = match config.get_options() {
+                Some(own) if !own.trim().is_empty() => format!("{own} {deadlines}"),
+                _ => deadlines,
+            };
+            config.options(&options);
         }
         config
     }
