@@ -165,15 +165,7 @@ async fn table_in(shape: Shape) -> (TestDb, Client) {
     match shape {
         Shape::AnalyzedEmpty => client.batch_execute("VACUUM ANALYZE outbox_events").await,
         Shape::AnalyzedQuiet => {
-            client
-                .batch_execute(
-                    "INSERT INTO outbox_events \
-                         (aggregate_type, aggregate_id, event_type, payload, status, dispatched_at) \
-                     SELECT 'order', 'old-' || (i % 100), 'step', '{}', 'dispatched', now() \
-                     FROM generate_series(1, 20000) i",
-                )
-                .await
-                .unwrap();
+            insert_dispatched(&client, 20_000).await;
             client.batch_execute("VACUUM ANALYZE outbox_events").await
         }
         Shape::NeverAnalyzed | Shape::AnalyzedMidBacklog => Ok(()),
@@ -187,6 +179,20 @@ async fn table_in(shape: Shape) -> (TestDb, Client) {
             .unwrap();
     }
     (db, client)
+}
+
+/// `n` rows already dispatched (retained history), over 1,000 old aggregates.
+async fn insert_dispatched(client: &Client, n: i64) {
+    client
+        .execute(
+            "INSERT INTO outbox_events \
+                 (aggregate_type, aggregate_id, event_type, payload, status, dispatched_at) \
+             SELECT 'order', 'old-' || (i % 1000), 'step', '{}', 'dispatched', now() \
+             FROM generate_series(1, $1::int8) i",
+            &[&n],
+        )
+        .await
+        .unwrap();
 }
 
 async fn vacuum_analyze(client: &Client) {
@@ -419,15 +425,10 @@ async fn periodic_statements_cost_the_same_whatever_the_table_retains() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     client
-        .batch_execute(
-            "ALTER TABLE outbox_events SET (autovacuum_enabled = false); \
-             INSERT INTO outbox_events \
-                 (aggregate_type, aggregate_id, event_type, payload, status, dispatched_at) \
-             SELECT 'order', 'old-' || (i % 1000), 'step', '{}', 'dispatched', now() \
-             FROM generate_series(1, 20000) i",
-        )
+        .batch_execute("ALTER TABLE outbox_events SET (autovacuum_enabled = false)")
         .await
         .unwrap();
+    insert_dispatched(&client, 20_000).await;
     insert_backlog(&client, "live", 20, 100).await;
     client
         .batch_execute(
@@ -446,15 +447,7 @@ async fn periodic_statements_cost_the_same_whatever_the_table_retains() {
 
     // WHEN the table retains a million dispatched rows more (vacuumed and analyzed, as
     // autovacuum leaves them)
-    client
-        .batch_execute(
-            "INSERT INTO outbox_events \
-                 (aggregate_type, aggregate_id, event_type, payload, status, dispatched_at) \
-             SELECT 'order', 'old-' || (i % 1000), 'step', '{}', 'dispatched', now() \
-             FROM generate_series(1, 1000000) i",
-        )
-        .await
-        .unwrap();
+    insert_dispatched(&client, 1_000_000).await;
     vacuum_analyze(&client).await;
     let after = periodic_buffers(&client).await;
 
