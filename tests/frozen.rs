@@ -7,7 +7,13 @@
 
 mod common;
 
-use common::{proxy::postgres_proxy, proxy::rabbitmq_proxy, *};
+use std::time::Duration;
+
+use common::{
+    metrics, producers,
+    proxy::{postgres_proxy, rabbitmq_proxy},
+    *,
+};
 use tokio_postgres::Client;
 
 /// Coordination sessions of the relay on `db` the server still has.
@@ -99,5 +105,52 @@ async fn a_frozen_broker_connection_is_replaced() {
     .await;
     assert_eq!(db.count(&client, "dead").await, 0);
     relay.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_broker_path_freezes_lets_its_buckets_go() {
+    // GIVEN two replicas sharing the work, one of them reaching RabbitMQ through a proxy,
+    // with the default publish timeout, heartbeat and relay.broker_release_after (30 s)
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::bound().await;
+    let (proxy, url) = rabbitmq_proxy().await;
+    let healthy_config = relay_config(&db, &broker);
+    let mut cut_off_config = relay_config(&db, &broker);
+    cut_off_config.broker.rabbitmq.url = url;
+    let healthy = start_relay(&healthy_config);
+    let cut_off = start_relay(&cut_off_config);
+    let client = db.client().await;
+    let owned =
+        |relay: &RunningRelay| metrics::gauge(&relay.metrics.render(), "outbox_owned_buckets");
+    eventually("both replicas own buckets", || async {
+        owned(&healthy) > 0 && owned(&cut_off) > 0
+    })
+    .await;
+    producers::insert_backlog(&client, "r", 100, 10).await;
+    eventually("the first backlog published", || async {
+        db.count(&client, "dispatched").await == 1000
+    })
+    .await;
+
+    // WHEN the second replica's broker path freezes for good, every connection old and new
+    // accepted and never answered (its database path stays fine), and more events are written
+    // over every aggregate
+    proxy.stall();
+    producers::insert_backlog(&client, "r", 100, 10).await;
+
+    // THEN it lets its buckets go, the healthy replica takes them over and publishes
+    // everything: publish timeout (15 s) + relay.broker_release_after (30 s) + a rebalance
+    eventually_within(
+        "every event published by the healthy replica",
+        Duration::from_secs(120),
+        || async { db.count(&client, "dispatched").await == 2000 },
+    )
+    .await;
+    assert_eq!(owned(&cut_off), 0);
+    assert_eq!(owned(&healthy), 64);
+    assert_eq!(db.count(&client, "dead").await, 0);
+    cut_off.stop().await;
+    healthy.stop().await;
     broker.cleanup().await;
 }

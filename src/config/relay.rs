@@ -66,6 +66,11 @@ pub struct RelayConfig {
     /// replica stops claiming.
     #[serde(with = "humantime_serde")]
     pub lease_timeout: Duration,
+    /// A replica whose broker has been unusable this long (while its database is fine) lets
+    /// its buckets go, and stops counting as a replica, so the others publish its share; it
+    /// takes buckets again once it can publish. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub broker_release_after: Duration,
 }
 
 impl Default for RelayConfig {
@@ -86,6 +91,7 @@ impl Default for RelayConfig {
             buckets: 64,
             rebalance_interval: Duration::from_secs(2),
             lease_timeout: Duration::from_secs(6),
+            broker_release_after: Duration::from_secs(30),
         }
     }
 }

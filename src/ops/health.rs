@@ -24,6 +24,9 @@ pub struct Health {
     last_progress_ms: AtomicU64,
     /// Set by the gauge refresher: the oldest eligible event's age in ms (0 = none).
     oldest_eligible_ms: AtomicU64,
+    /// Milliseconds since `epoch` when the broker last went from usable to not (0 while it
+    /// is usable; the start counts as "down since" until the first connect).
+    broker_down_since_ms: AtomicU64,
     epoch: Instant,
     wedged_after: Duration,
     metrics: Arc<Metrics>,
@@ -47,6 +50,7 @@ impl Health {
             broker_known: AtomicBool::new(false),
             last_progress_ms: AtomicU64::new(0),
             oldest_eligible_ms: AtomicU64::new(0),
+            broker_down_since_ms: AtomicU64::new(1),
             epoch: Instant::now(),
             wedged_after,
             metrics,
@@ -98,6 +102,18 @@ impl Health {
     pub fn set_broker_up(&self, up: bool, detail: &str) {
         self.metrics.broker_up.set(i64::from(up));
         self.causes().broker = detail.to_owned();
+        if up {
+            self.broker_down_since_ms.store(0, Ordering::SeqCst);
+        } else {
+            // The earliest moment of this outage (0 means "up"; 1 ms is the start).
+            let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+            let _ = self.broker_down_since_ms.compare_exchange(
+                0,
+                now,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         let was = self.broker_up.swap(up, Ordering::SeqCst);
         let known = self.broker_known.swap(true, Ordering::SeqCst);
         if was != up || !known {
@@ -125,6 +141,19 @@ impl Health {
     /// The broker is usable.
     pub fn broker_up(&self) -> bool {
         self.broker_up.load(Ordering::SeqCst)
+    }
+
+    /// How long the broker has been unusable (since start-up if it never connected); `None`
+    /// while it is usable.
+    pub fn broker_down_for(&self) -> Option<Duration> {
+        match self.broker_down_since_ms.load(Ordering::SeqCst) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since)),
+            ),
+        }
     }
 
     /// The pipeline made progress now.

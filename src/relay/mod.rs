@@ -163,6 +163,8 @@ impl<P: Publisher> Relay<P> {
                 rebalance_interval: self.config.relay.rebalance_interval,
                 lease_timeout: self.config.relay.lease_timeout,
                 release_timeout: self.config.relay.shutdown_timeout,
+                broker_release_after: Some(self.config.relay.broker_release_after)
+                    .filter(|after| !after.is_zero()),
             },
             ownership_tx,
             in_flight.clone(),

@@ -58,12 +58,22 @@ pub fn init_tracing() {
 }
 
 /// Awaits `condition` (polled every 20 ms, up to [`PATIENCE`]).
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, condition).await;
+}
+
+/// Awaits `condition` (polled every 20 ms) up to `patience`: for the few tests whose
+/// condition involves a production deadline longer than [`PATIENCE`] allows.
+pub async fn eventually_within<F, Fut>(what: &str, patience: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience;
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -56,6 +56,9 @@ pub struct CoordinatorConfig {
     pub lease_timeout: Duration,
     /// Longest wait for in-flight events before a released bucket is unlocked anyway.
     pub release_timeout: Duration,
+    /// Stand down (release every bucket, stop counting as a replica) once the broker has been
+    /// unusable this long; `None`: never.
+    pub broker_release_after: Option<Duration>,
 }
 
 /// Why the coordination connection could not be opened or used.
@@ -134,7 +137,7 @@ pub async fn run(
                     &config,
                     &ownership,
                     &in_flight,
-                    &metrics,
+                    (&metrics, &health),
                     &shutdown,
                 )
                 .await;
@@ -196,7 +199,7 @@ async fn serve(
     config: &CoordinatorConfig,
     ownership: &watch::Sender<Ownership>,
     in_flight: &InFlight,
-    metrics: &Metrics,
+    (metrics, health): (&Metrics, &Health),
     shutdown: &CancellationToken,
 ) -> Option<CoordinationError> {
     let mut ticker = tokio::time::interval(config.rebalance_interval);
@@ -204,7 +207,14 @@ async fn serve(
     loop {
         let result = tokio::select! {
             _ = ticker.tick() => {
-                tokio::time::timeout(config.lease_timeout, tick(session, config, ownership, in_flight))
+                let stand_down = config
+                    .broker_release_after
+                    .zip(health.broker_down_for())
+                    .is_some_and(|(after, down)| down >= after);
+                tokio::time::timeout(
+                    config.lease_timeout,
+                    tick(session, config, ownership, in_flight, stand_down),
+                )
                     .await
                     .unwrap_or(Err(CoordinationError::Timeout))
             }

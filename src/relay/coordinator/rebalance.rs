@@ -35,6 +35,11 @@ pub(super) struct Session {
     /// Buckets still locked but no longer offered, with the deadline to unlock them anyway.
     pub(super) releasing: BTreeMap<i32, Instant>,
     pub(super) members_seen: i64,
+    /// The member slot this replica holds (counted by every replica's census); `None` while it
+    /// stands down or when every slot was taken.
+    member: Option<i64>,
+    /// Its broker has been unusable too long: it holds no buckets and no member slot.
+    stood_down: bool,
 }
 
 /// Opens a coordination session and registers this replica. `zombie` is this relay's previous
@@ -64,28 +69,22 @@ pub(super) async fn open(
             ),
         }
     }
-    let mut slot = None;
-    for candidate in 0..MAX_MEMBERS {
-        if locks.try_lock(NS_MEMBER + candidate).await? {
-            slot = Some(candidate);
-            break;
-        }
-    }
-    if slot.is_none() {
-        tracing::warn!("more than {MAX_MEMBERS} relays registered; counting this one anyway");
-    }
     // Every replica holds a shared lock on a key derived from its bucket count, so replicas
     // configured differently see each other.
     locks
         .lock_shared(NS_COUNT + i64::from(config.buckets))
         .await?;
-    Ok(Session {
+    let mut session = Session {
         locks,
         messages,
         owned: BTreeSet::new(),
         releasing: BTreeMap::new(),
         members_seen: 0,
-    })
+        member: None,
+        stood_down: false,
+    };
+    session.register().await?;
+    Ok(session)
 }
 
 impl Session {
@@ -93,22 +92,63 @@ impl Session {
     pub(super) fn id(&self) -> SessionId {
         self.locks.id()
     }
+
+    /// Takes a member slot: from now on every replica's census counts this one.
+    async fn register(&mut self) -> Result<(), CoordinationError> {
+        for candidate in 0..MAX_MEMBERS {
+            if self.locks.try_lock(NS_MEMBER + candidate).await? {
+                self.member = Some(candidate);
+                return Ok(());
+            }
+        }
+        tracing::warn!("more than {MAX_MEMBERS} relays registered; counting this one anyway");
+        Ok(())
+    }
+
+    /// Gives the member slot up: the others stop counting this replica and take its share.
+    async fn deregister(&mut self) -> Result<(), CoordinationError> {
+        if let Some(slot) = self.member.take() {
+            self.locks.unlock(NS_MEMBER + slot).await?;
+        }
+        Ok(())
+    }
 }
 
+/// One rebalance. `stand_down`: the broker has been unusable for
+/// `relay.broker_release_after`, so this replica lets every bucket go and stops counting as a
+/// replica (the others take its share at their next tick); once it can publish again it
+/// registers and takes its share back. A broker down for every replica leaves every replica
+/// stood down until it returns: nothing churns meanwhile.
 pub(super) async fn tick(
     session: &mut Session,
     config: &CoordinatorConfig,
     ownership: &watch::Sender<Ownership>,
     in_flight: &InFlight,
+    stand_down: bool,
 ) -> Result<(), CoordinationError> {
     let lease_start = Instant::now();
+    if stand_down && !session.stood_down {
+        session.deregister().await?;
+        session.stood_down = true;
+        tracing::warn!(
+            released = session.owned.len(),
+            "broker unusable for relay.broker_release_after; letting this relay's buckets go \
+             to relays that can publish"
+        );
+    } else if !stand_down && session.stood_down {
+        session.register().await?;
+        session.stood_down = false;
+        tracing::info!("broker usable again; taking buckets again");
+    }
     let (members, counts) = session.locks.census(NS_MEMBER, NS_COUNT).await?;
     let members = members.max(1);
     let members_before = session.members_seen;
     let before = session.owned.len();
     session.members_seen = members;
 
-    let target = if counts > 1 {
+    let target = if stand_down {
+        0
+    } else if counts > 1 {
         // Replicas disagree on relay.buckets: their buckets overlap, so nobody may claim.
         if before > 0 {
             tracing::error!(
