@@ -56,7 +56,7 @@ impl CommandError {
 /// Runs `command`; the result becomes the process exit code.
 pub async fn dispatch(command: Command, config: Config) -> Result<ExitCode, CommandError> {
     match command {
-        Command::Run => run(config).await,
+        Command::Run => Box::pin(run(config)).await,
         Command::Migrate {
             inbox,
             database_url,

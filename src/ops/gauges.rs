@@ -24,7 +24,7 @@ use super::{
 use crate::{
     config::StatusPage,
     config::TableName,
-    store::{StoreError, admin, status},
+    store::{self, StoreError, admin, status},
 };
 
 /// Dead events on the `details` page.
@@ -37,6 +37,7 @@ pub async fn refresh_loop(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     snapshot: Arc<Snapshot>,
+    deadline: Option<Duration>,
     shutdown: CancellationToken,
 ) {
     let interval = snapshot.refresh;
@@ -49,7 +50,7 @@ pub async fn refresh_loop(
             _ = shutdown.cancelled() => return,
         }
         let backlog = tokio::select! {
-            backlog = read(&pool, &table, &metrics, &health, &snapshot) => backlog,
+            backlog = read(&pool, &table, (&metrics, &health, &snapshot), deadline) => backlog,
             _ = shutdown.cancelled() => return,
         };
         match backlog {
@@ -69,28 +70,33 @@ pub async fn refresh_loop(
     }
 }
 
-/// The backlog; with the page on, the full status too, stored in `snapshot`.
+/// The backlog; with the page on, the full status too, stored in `snapshot`. Bounded by
+/// `deadline`: a connection that stops answering is replaced (see [`store::after_deadline`]).
 async fn read(
     pool: &Pool,
     table: &TableName,
-    metrics: &Metrics,
-    health: &Health,
-    snapshot: &Snapshot,
+    (metrics, health, snapshot): (&Metrics, &Health, &Snapshot),
+    deadline: Option<Duration>,
 ) -> Result<status::Backlog, StoreError> {
     let client = pool.get().await?;
-    if snapshot.page == StatusPage::Off {
-        return status::backlog(&client, table).await;
-    }
-    let full = status::status(&client, table).await?;
-    let dead = match snapshot.page {
-        StatusPage::Details => {
-            Some(admin::latest_dead_events(&**client, table, LATEST_DEAD).await?)
+    let result = store::within(deadline, async {
+        if snapshot.page == StatusPage::Off {
+            return status::backlog(&client, table).await;
         }
-        _ => None,
-    };
-    let backlog = full.backlog.clone();
-    snapshot.update(full, dead, metrics, health);
-    Ok(backlog)
+        let full = status::status(&client, table).await?;
+        let dead = match snapshot.page {
+            StatusPage::Details => {
+                Some(admin::latest_dead_events(&**client, table, LATEST_DEAD).await?)
+            }
+            _ => None,
+        };
+        let backlog = full.backlog.clone();
+        snapshot.update(full, dead, metrics, health);
+        Ok(backlog)
+    })
+    .await;
+    store::after_deadline(pool, client, &result);
+    result
 }
 
 /// Sets the gauges from a backlog snapshot. `seen` holds the aggregate types set last time:

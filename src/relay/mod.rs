@@ -136,6 +136,7 @@ impl<P: Publisher> Relay<P> {
             self.metrics.clone(),
             self.health.clone(),
             self.snapshot.clone(),
+            self.store.deadline(),
             background.clone(),
         ));
         // Also with `retention.dispatched = 0s` (delete on dispatch): then it removes rows
@@ -148,6 +149,7 @@ impl<P: Publisher> Relay<P> {
                 batch: i64::try_from(self.config.retention.batch_size).unwrap_or(i64::MAX),
                 interval: self.config.retention.interval,
                 deleted: self.metrics.retention_deleted.clone(),
+                deadline: self.store.deadline(),
             },
             background.clone(),
         ));

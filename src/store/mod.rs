@@ -159,6 +159,11 @@ impl Store {
         }
     }
 
+    /// The deadline of its statements (see [`Store::with_deadline`]).
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
     /// Gives up on a statement unanswered after `deadline` (see [`StoreError::Timeout`]).
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
@@ -170,22 +175,12 @@ impl Store {
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match self.deadline {
-            Some(deadline) => tokio::time::timeout(deadline, work)
-                .await
-                .unwrap_or(Err(StoreError::Timeout(deadline))),
-            None => work.await,
-        }
+        within(self.deadline, work).await
     }
 
-    /// After `result` of work on `client`: a connection that missed the deadline is taken out
-    /// of the pool (never reused), and so is every idle one, opened over the same path and
-    /// as likely to be frozen; the pool opens fresh ones.
+    /// After `result` of work on `client`: see [`after_deadline`].
     fn after<T>(&self, client: deadpool_postgres::Object, result: &Result<T, StoreError>) {
-        if matches!(result, Err(StoreError::Timeout(_))) {
-            drop(deadpool_postgres::Object::take(client));
-            self.pool.retain(|_, _| false);
-        }
+        after_deadline(&self.pool, client, result);
     }
 
     /// Reports pool failures with the cause recorded by `gate` (the pool's connector's).
@@ -231,21 +226,27 @@ impl Store {
         limit: usize,
         buckets: Option<(&[i32], i32)>,
     ) -> Result<Vec<ReadRow>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(&self.sql.read_pending).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (owned, count) = match buckets {
             Some((owned, count)) => (Some(owned), count),
             None => (None, 1),
         };
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&after_seq, &limit, &owned, &count];
-        let rows = planned(
-            &client,
-            &self.sql.planned_begin,
-            client.query(&stmt, &params),
-        )
-        .await?;
+        let client = self.within(self.client()).await?;
+        let result = self
+            .within(async {
+                let stmt = client.prepare_cached(&self.sql.read_pending).await?;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                    [&after_seq, &limit, &owned, &count];
+                planned(
+                    &client,
+                    &self.sql.planned_begin,
+                    client.query(&stmt, &params),
+                )
+                .await
+            })
+            .await;
+        self.after(client, &result);
+        let rows = result?;
         rows.iter()
             .map(|row| {
                 let due_in_ms: i64 = row.try_get("due_in_ms")?;
@@ -264,18 +265,24 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let client = self.client().await?;
         let sql = match self.dispatch {
             DispatchMode::Mark => &self.sql.mark_dispatched,
             DispatchMode::Delete => &self.sql.delete_dispatched,
         };
-        let stmt = client.prepare_cached(sql).await?;
-        planned(
-            &client,
-            &self.sql.planned_begin,
-            client.execute(&stmt, &[&ids]),
-        )
-        .await
+        let client = self.within(self.client()).await?;
+        let result = self
+            .within(async {
+                let stmt = client.prepare_cached(sql).await?;
+                planned(
+                    &client,
+                    &self.sql.planned_begin,
+                    client.execute(&stmt, &[&ids]),
+                )
+                .await
+            })
+            .await;
+        self.after(client, &result);
+        result
     }
 
     /// Records failed attempts: `attempts + 1`, `last_error`, a new `available_at`, or `dead`.
@@ -290,7 +297,7 @@ impl Store {
             .map(|f| i64::try_from(f.retry_in.as_millis()).unwrap_or(i64::MAX))
             .collect();
         let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
-        let client = self.client().await?;
+        let client = self.within(self.client()).await?;
         let result = self
             .within(async {
                 let stmt = client.prepare_cached(&self.sql.record_failures).await?;
@@ -314,7 +321,7 @@ impl Store {
 
     /// Runs one parameterless statement within the deadline.
     async fn execute(&self, sql: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.within(self.client()).await?;
         let result = self
             .within(async { Ok(client.execute(sql, &[]).await.map(drop)?) })
             .await;
@@ -325,7 +332,7 @@ impl Store {
     /// Wake-up protocol, step 2: true when no producer is between its INSERT and its commit,
     /// so none can have missed the announcement without being visible to the next claim.
     pub async fn producers_quiet(&self) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.within(self.client()).await?;
         let result = self
             .within(async {
                 let row = client
@@ -341,6 +348,34 @@ impl Store {
     /// Wake-up protocol, step 3: "this relay is awake again" (balances `announce_sleep`).
     pub async fn announce_wake(&self) -> Result<(), StoreError> {
         self.execute(&self.sql.announce_wake).await
+    }
+}
+
+/// Awaits `work` (statements on one pooled connection) within `deadline` (none: as long as it
+/// takes); a miss is [`StoreError::Timeout`].
+pub async fn within<T>(
+    deadline: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(deadline))),
+        None => work.await,
+    }
+}
+
+/// After `result` of work on `client` (taken from `pool`): a connection that missed its
+/// deadline is taken out of the pool (never reused), and so is every idle one, opened over the
+/// same path and as likely to be frozen; the pool opens fresh ones.
+pub fn after_deadline<T>(
+    pool: &Pool,
+    client: deadpool_postgres::Object,
+    result: &Result<T, StoreError>,
+) {
+    if matches!(result, Err(StoreError::Timeout(_))) {
+        drop(deadpool_postgres::Object::take(client));
+        pool.retain(|_, _| false);
     }
 }
 
@@ -417,14 +452,16 @@ impl Store {
     /// Verifies that the table and the objects the relay uses exist (fails with
     /// [`StoreError::is_missing_table`] before `outbox-relay migrate` was run).
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .batch_execute(&format!(
-                "SELECT 1 FROM {} LIMIT 0; SELECT last_value FROM {}",
-                self.table.qualified(),
-                self.table.derived("_sleepers")
-            ))
-            .await?;
-        Ok(())
+        let sql = format!(
+            "SELECT 1 FROM {} LIMIT 0; SELECT last_value FROM {}",
+            self.table.qualified(),
+            self.table.derived("_sleepers")
+        );
+        let client = self.within(self.client()).await?;
+        let result = self
+            .within(async { Ok(client.batch_execute(&sql).await?) })
+            .await;
+        self.after(client, &result);
+        result
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::{PLAN_SETTINGS, StoreError, planned};
+use super::{PLAN_SETTINGS, StoreError, after_deadline, planned, within};
 use crate::config::TableName;
 
 /// Pause between two batches of one purge run, to leave room for producers and the relay.
@@ -109,6 +109,9 @@ pub struct RetentionSchedule {
     pub interval: Duration,
     /// Counts deleted rows (`outbox_retention_deleted_total`).
     pub deleted: Counter,
+    /// Deadline of each batch (the store's, see [`super::Store::deadline`]): a connection
+    /// that stops answering is replaced, not waited on.
+    pub deadline: Option<Duration>,
 }
 
 /// The background purge: every `schedule.interval` (first run at start-up), deletes old
@@ -156,8 +159,19 @@ async fn purge_run(
     schedule: &RetentionSchedule,
 ) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    purge(&client, table, schedule.older_than, schedule.batch, |n| {
-        schedule.deleted.inc_by(n);
-    })
-    .await
+    let result = in_batches(
+        schedule.batch,
+        || {
+            within(
+                schedule.deadline,
+                purge_batch(&client, table, schedule.older_than, schedule.batch),
+            )
+        },
+        |n| {
+            schedule.deleted.inc_by(n);
+        },
+    )
+    .await;
+    after_deadline(pool, client, &result);
+    result
 }

@@ -221,6 +221,15 @@ impl<P: Publisher> Pipeline<P> {
                     settles = self.settles.len(),
                     to_save = self.to_save.len(),
                     cursor = self.cursor,
+                    reading = ?self.reading.as_ref().map(|(kind, _)| *kind),
+                    rescan = self.rescan.is_some(),
+                    caught_up = self.caught_up,
+                    read_due = self.read_due,
+                    owns = self.buckets.borrow().usable(),
+                    blocked_ms = self
+                        .read_blocked_until
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64,
                     "pipeline state"
                 );
             }
