@@ -364,9 +364,13 @@ impl Scheduler {
                 self.aggregates.remove(key);
             }
             Some(head) if head.due > now => {
-                // Read with a backoff still pending (after a restart, a takeover, or behind
-                // an earlier event that went first): retrying until its outcome.
-                aggregate.retrying = true;
+                // Read with a backoff still pending after a failure (after a restart, a
+                // takeover, or behind an earlier event that went first): retrying until its
+                // outcome. A fresh event can be read a millisecond "early" (its producer's
+                // transaction started after the read's): not a retry.
+                if head.event.attempts > 0 {
+                    aggregate.retrying = true;
+                }
                 if aggregate.parked_until != Some(head.due) {
                     aggregate.parked_until = Some(head.due);
                     self.parked.push(Reverse((head.due, key.to_owned())));
@@ -601,8 +605,12 @@ mod tests {
     fn an_event_read_in_backoff_parks_its_aggregate_and_a_dead_head_unparks_it() {
         let now = Instant::now();
         let mut s = Scheduler::new();
+        let failed_before = OutboxEvent {
+            attempts: 1,
+            ..ev(10, "a")
+        };
         assert_eq!(
-            s.add(ev(10, "a"), Duration::from_secs(30), now),
+            s.add(failed_before, Duration::from_secs(30), now),
             Added::Held
         );
         assert_eq!(s.add(ev(11, "a"), Duration::ZERO, now), Added::LeftInTable);
@@ -625,6 +633,18 @@ mod tests {
         s.dead("a", later);
         assert_eq!(s.take_reread(), Some(10));
         assert_eq!(s.add(ev(11, "a"), Duration::ZERO, later), Added::Held);
+    }
+
+    #[test]
+    fn a_fresh_event_read_a_moment_early_does_not_park_its_aggregate() {
+        let now = Instant::now();
+        let mut s = Scheduler::new();
+        assert_eq!(
+            s.add(ev(1, "a"), Duration::from_millis(1), now),
+            Added::Held
+        );
+        assert_eq!(s.add(ev(2, "a"), Duration::ZERO, now), Added::Held);
+        assert!(!s.is_parked("a"));
     }
 
     #[test]
