@@ -90,6 +90,14 @@ pub struct Metrics {
     /// `outbox_read_gaps_total`: events a read left for a rescan because an earlier pending
     /// event of their aggregate was not in memory (committed late, or replayed).
     pub read_gaps: Counter,
+    /// `outbox_read_parked_left_total`: events a read left in the table because their
+    /// aggregate is parked (its head waits out a retry); read again once the head is through.
+    pub read_parked_left: Counter,
+    /// `outbox_events_in_memory`: events this relay holds (read ahead, in flight, or waiting
+    /// for their outcome to be saved); at most `relay.max_pending_in_memory`.
+    pub events_in_memory: Gauge,
+    /// `outbox_events_in_memory_peak`: the most events held at once since the relay started.
+    pub events_in_memory_peak: Gauge,
     /// Events confirmed, all destinations together. Not exported (the per-destination
     /// `outbox_events_published_total` is); it feeds the status page's publish rate.
     pub confirmed: Counter,
@@ -219,6 +227,26 @@ impl Metrics {
              not been read yet (committed late, or replayed)",
             read_gaps.clone(),
         );
+        let read_parked_left = Counter::default();
+        registry.register(
+            "outbox_read_parked_left",
+            "Events a read left in the table because their aggregate is parked (its head waits \
+             out a retry); read again once the head is confirmed or dead",
+            read_parked_left.clone(),
+        );
+        let events_in_memory = Gauge::default();
+        registry.register(
+            "outbox_events_in_memory",
+            "Events held in memory: read ahead, in flight, or waiting for their outcome to be \
+             saved (at most relay.max_pending_in_memory)",
+            events_in_memory.clone(),
+        );
+        let events_in_memory_peak = Gauge::default();
+        registry.register(
+            "outbox_events_in_memory_peak",
+            "The most events held in memory at once since the relay started",
+            events_in_memory_peak.clone(),
+        );
         let owned_buckets = Gauge::default();
         registry.register(
             "outbox_owned_buckets",
@@ -265,6 +293,9 @@ impl Metrics {
             oldest_eligible_age_by_type,
             retention_deleted,
             read_gaps,
+            read_parked_left,
+            events_in_memory,
+            events_in_memory_peak,
             confirmed: Counter::default(),
         };
         metrics.set_placeholder(true);

@@ -4,7 +4,9 @@
 //!
 //! **Reads.** One read at a time, an index-ordered walk after a cursor
 //! ([`crate::store::Store::read_pending`]): O(batch) per read whatever the backlog size, up to
-//! `relay.max_pending_in_memory` events held. Events whose aggregate already has one in flight
+//! `relay.max_pending_in_memory` events held (rescans and takeovers included). An aggregate
+//! whose head is retrying holds one event; its tail stays in the table until the head is
+//! through. Events whose aggregate already has one in flight
 //! wait in the [`Scheduler`]; pending rows that are not yet due are read too and park their
 //! aggregate, so after a restart or a takeover nothing overtakes an event waiting out a backoff.
 //!
@@ -21,8 +23,8 @@
 //! A late row of an aggregate cannot break that aggregate's order: producers serialize writes
 //! per aggregate (README), so its later events commit after it.
 //!
-//! **Takeover.** Buckets just acquired are held back until a rescan has read every row of
-//! theirs before the cursor, so their earlier events go first.
+//! **Takeover.** The main read leaves buckets just acquired to a rescan from 0 until it has
+//! caught up with the cursor, so their earlier events are read (and go) first.
 //!
 //! **Window.** Up to `relay.max_in_flight` events are at the broker at once, in up to
 //! `relay.publish_channels` publish calls (each on its own confirm channel, so returns are
@@ -88,14 +90,20 @@ pub struct Pipeline<P: Publisher> {
     caught_up: bool,
     /// A wake-up or a poll asks for a read even though caught up.
     read_due: bool,
-    last_read: Instant,
+    last_main_read: Instant,
+    /// The kind of the last read started (the two kinds take turns).
+    last_read: ReadKind,
     /// No read before this (the database failed; backoff).
     read_blocked_until: Instant,
     rescan: Option<Rescan>,
     last_rescan: Instant,
-    /// A read found an event whose predecessor it does not hold: rescan now, not at the
-    /// next interval.
-    rescan_soon: bool,
+    /// A rescan is wanted now, not at the next interval, from this `seq` (exclusive): a read
+    /// found an event whose predecessor it does not hold (from 0), or parked aggregates
+    /// unparked and their tails are to be read again (from their heads).
+    rescan_soon: Option<i64>,
+    /// Buckets just acquired: the main read leaves their rows to the releasing rescan (so
+    /// their earlier rows, before the cursor, are read first).
+    held_back: HashSet<i32>,
     /// The last idle wait ended with a notification.
     woken: bool,
     /// Buckets of the last ownership seen.
@@ -141,11 +149,13 @@ impl<P: Publisher> Pipeline<P> {
             cursor: 0,
             caught_up: false,
             read_due: true,
-            last_read: now,
+            last_main_read: now,
+            last_read: ReadKind::Rescan,
             read_blocked_until: now,
             rescan: None,
             last_rescan: now,
-            rescan_soon: false,
+            rescan_soon: None,
+            held_back: HashSet::new(),
             woken: false,
             owned: Vec::new(),
             reading: None,
@@ -189,6 +199,9 @@ impl<P: Publisher> Pipeline<P> {
             self.schedule.wake_due(now);
             self.launch(now);
             self.flush();
+            if let Some(after) = self.schedule.take_reread() {
+                self.request_rescan(after);
+            }
             self.start_rescan_when_due(now);
             if let Some(kind) = self.wanted_read(now) {
                 self.start_read(kind);
@@ -209,6 +222,10 @@ impl<P: Publisher> Pipeline<P> {
                 self.read_due = true;
                 continue;
             }
+            self.ctx
+                .metrics
+                .events_in_memory
+                .set(i64::try_from(self.schedule.held()).unwrap_or(i64::MAX));
             let timer = self.next_timer();
             if self.last_trace.elapsed() >= Duration::from_secs(1) {
                 self.last_trace = Instant::now();
@@ -283,7 +300,7 @@ impl<P: Publisher> Pipeline<P> {
         let mut at = self.schedule.next_due();
         let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
         if self.caught_up && !self.read_due {
-            consider(self.last_read + self.config.linger_poll_interval);
+            consider(self.last_main_read + self.config.linger_poll_interval);
         }
         if self.read_blocked_until > Instant::now() {
             consider(self.read_blocked_until);

@@ -1,6 +1,6 @@
 //! Following the coordinator's bucket ownership: which buckets the pipeline may publish, what
-//! it drops when buckets are lost, and holding acquired buckets back until a rescan has read
-//! their earlier rows.
+//! it drops when buckets are lost, and holding acquired buckets back from the main read until
+//! a rescan has read their earlier rows.
 
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ impl<P: Publisher> Pipeline<P> {
     }
 
     /// Applies a change of bucket ownership: drops what is queued for lost buckets, holds
-    /// back acquired ones until a rescan has read their earlier rows.
+    /// back acquired ones from the main read until a rescan has read their earlier rows.
     pub(super) fn sync_ownership(&mut self, now: Instant) {
         let current = self.buckets.borrow().buckets.clone();
         if current == self.owned {
@@ -30,8 +30,9 @@ impl<P: Publisher> Pipeline<P> {
             .schedule
             .drop_unowned(|b| owned.binary_search(&b).is_ok());
         self.in_flight.settled(&dropped);
+        self.held_back.retain(|b| owned.binary_search(b).is_ok());
         if !gained.is_empty() && self.cursor > 0 {
-            self.schedule.hold_back(gained);
+            self.held_back.extend(gained);
             self.rescan = Some(Rescan {
                 position: 0,
                 until: self.cursor,

@@ -110,7 +110,9 @@ impl<P: Publisher> Pipeline<P> {
                         dead: false,
                     });
                     if owned {
-                        self.schedule.retry(event, delay, now);
+                        // Its tail leaves memory while it waits (read again once through).
+                        let dropped = self.schedule.retry(event, delay, now);
+                        self.in_flight.settled(&dropped);
                     } else {
                         self.schedule.abandon(&event.aggregate_id, now);
                         self.to_save.forget.push(event.id);

@@ -1,12 +1,30 @@
 //! Reading the backlog: the main read after the cursor and the rescans before it, one read at
 //! a time, the ordering checks on what a read returns, and the database backoff after a
 //! failed read.
+//!
+//! **Memory.** Every read, main or rescan, starts only while `held + relay.batch_size <=
+//! relay.max_pending_in_memory`, and only reads add events to memory, so the relay never
+//! holds more than `relay.max_pending_in_memory` events. A rescan that finds memory full
+//! pauses at its position and goes on as events leave; while both reads want to run they
+//! take turns, so neither starves the other.
+//!
+//! **Parked aggregates.** A read leaves in the table the tail of an aggregate whose head is
+//! retrying (see [`crate::relay::scheduler`]); once the head is confirmed or dead, a rescan
+//! from that head's `seq` reads the tail again, in order.
+//!
+//! **Takeover.** Buckets just acquired are *held back*: the main read does not take their
+//! rows; a rescan from 0 does, in `seq` order, so an acquired aggregate's earlier events
+//! (below the cursor) are read before its later ones. That rescan follows the cursor (its end
+//! moves up with every main read) and the buckets are let go once it has caught up. Its
+//! events are publishable as it reads them, so an inherited backlog of any depth flows
+//! through bounded memory.
 
 use std::time::Instant;
 
 use super::Pipeline;
 use crate::{
     broker::Publisher,
+    relay::scheduler::Added,
     store::{ReadRow, StoreError},
 };
 
@@ -24,25 +42,38 @@ pub(super) enum ReadKind {
 pub(super) struct Rescan {
     pub(super) position: i64,
     pub(super) until: i64,
-    /// Held-back buckets may go once it is done.
+    /// It reads the held-back buckets: it follows the cursor, and they are let go once it is
+    /// done.
     pub(super) releases: bool,
 }
 
 pub(super) type ReadResult = Result<Vec<ReadRow>, StoreError>;
 
 impl<P: Publisher> Pipeline<P> {
+    /// Asks for a rescan from `after` (exclusive) as soon as none runs: of everything before
+    /// the cursor (`after` 0: a gap, an empty wake-up) or of the tails that parked aggregates
+    /// left in the table (from the lowest of their heads).
+    pub(super) fn request_rescan(&mut self, after: i64) {
+        self.rescan_soon = Some(self.rescan_soon.map_or(after, |a| a.min(after)));
+    }
+
     pub(super) fn start_rescan_when_due(&mut self, now: Instant) {
-        if self.rescan.is_none()
-            && self.cursor > 0
-            && (self.rescan_soon
-                || now.duration_since(self.last_rescan) >= self.config.rescan_interval)
-        {
-            self.rescan_soon = false;
-            self.rescan = Some(Rescan {
-                position: 0,
-                until: self.cursor,
-                releases: false,
-            });
+        if self.rescan.is_some() || self.cursor == 0 {
+            return;
+        }
+        let periodic = now.duration_since(self.last_rescan) >= self.config.rescan_interval;
+        let position = match self.rescan_soon.take() {
+            _ if periodic => 0,
+            Some(after) if after < self.cursor => after.max(0),
+            _ => return,
+        };
+        self.rescan = Some(Rescan {
+            position,
+            until: self.cursor,
+            releases: false,
+        });
+        // Only a rescan from the start stands for the periodic one.
+        if position == 0 {
             self.last_rescan = now;
         }
     }
@@ -52,15 +83,15 @@ impl<P: Publisher> Pipeline<P> {
             || self.ctx.shutdown.is_cancelled()
             || now < self.read_blocked_until
             || !self.buckets.borrow().usable()
+            // Room for a whole read, whichever it is.
+            || self.schedule.held() + self.config.batch_size > self.config.max_pending_in_memory
         {
             return None;
         }
-        let room =
-            self.schedule.held() + self.config.batch_size <= self.config.max_pending_in_memory;
-        let main = room && (!self.caught_up || self.read_due);
+        let main = !self.caught_up || self.read_due;
         match (main, self.rescan.is_some()) {
-            // Alternate while both want to read.
-            (true, true) if self.caught_up => Some(ReadKind::Rescan),
+            // Take turns while both want to read.
+            (true, true) if self.last_read == ReadKind::Main => Some(ReadKind::Rescan),
             (true, _) => Some(ReadKind::Main),
             (false, true) => Some(ReadKind::Rescan),
             (false, false) => None,
@@ -78,8 +109,9 @@ impl<P: Publisher> Pipeline<P> {
         };
         if kind == ReadKind::Main {
             self.read_due = false;
-            self.last_read = Instant::now();
+            self.last_main_read = Instant::now();
         }
+        self.last_read = kind;
         let store = self.ctx.store.clone();
         let limit = self.config.batch_size;
         self.reads.spawn(async move {
@@ -119,6 +151,7 @@ impl<P: Publisher> Pipeline<P> {
         let until = self.rescan.map_or(i64::MAX, |r| r.until);
         let mut added = Vec::new();
         let mut gaps: u64 = 0;
+        let mut left: u64 = 0;
         for ReadRow {
             event,
             due_in,
@@ -136,26 +169,44 @@ impl<P: Publisher> Pipeline<P> {
                     .update_due(&event.aggregate_id, event.id, due_in, now);
                 continue;
             }
-            // Its predecessor is pending but not held: it committed after an earlier read
-            // passed its seq (or was replayed). Taking this event now could publish it first;
-            // leave it to the rescan, which reads both in seq order.
+            // A bucket just acquired: the rescan that releases it reads it in seq order.
+            if kind == ReadKind::Main && self.held_back.contains(&event.bucket) {
+                continue;
+            }
+            // Its predecessor is pending but not held: its aggregate is parked and this is
+            // its tail, left in the table until the head is through; or it committed after
+            // an earlier read passed its seq (or was replayed). Taking this event now could
+            // publish it first; leave it to the rescan, which reads both in seq order.
             if let Some(prev) = prev_seq
                 && !self.schedule.holds_seq(prev)
                 && !saved_seqs.contains(&prev)
             {
-                gaps += 1;
+                if self.schedule.leaves_in_table(&event.aggregate_id, prev) {
+                    left += 1;
+                } else {
+                    gaps += 1;
+                }
                 continue;
             }
             let bucket = event.bucket;
-            if self.schedule.add(event, due_in, now) {
-                added.push(bucket);
+            match self.schedule.add(event, due_in, now) {
+                Added::Held => added.push(bucket),
+                Added::LeftInTable => left += 1,
+                Added::Known => {}
             }
         }
-        tracing::trace!(?kind, read = last, added = added.len(), gaps, "read");
+        tracing::trace!(?kind, read = last, added = added.len(), gaps, left, "read");
+        let held = i64::try_from(self.schedule.held()).unwrap_or(i64::MAX);
+        if held > self.ctx.metrics.events_in_memory_peak.get() {
+            self.ctx.metrics.events_in_memory_peak.set(held);
+        }
+        if left > 0 {
+            self.ctx.metrics.read_parked_left.inc_by(left);
+        }
         if gaps > 0 {
             self.ctx.metrics.read_gaps.inc_by(gaps);
             tracing::debug!(gaps, "events behind an unread predecessor; rescanning");
-            self.rescan_soon = true;
+            self.request_rescan(0);
         }
         claim.claimed(added.iter().copied());
         match kind {
@@ -163,10 +214,17 @@ impl<P: Publisher> Pipeline<P> {
                 if let Some(last) = last {
                     self.cursor = self.cursor.max(last);
                 }
+                // The rescan that releases held-back buckets reads what this read left of
+                // theirs.
+                if let Some(rescan) = self.rescan.as_mut()
+                    && rescan.releases
+                {
+                    rescan.until = rescan.until.max(self.cursor);
+                }
                 // Woken by a notification but nothing new after the cursor: what woke us lies
                 // behind it (a replay, a late commit).
                 if std::mem::take(&mut self.woken) && added.is_empty() {
-                    self.rescan_soon = true;
+                    self.request_rescan(0);
                 }
                 self.caught_up = !full;
                 if !added.is_empty() {
@@ -182,7 +240,7 @@ impl<P: Publisher> Pipeline<P> {
                         Some(last) if full && last < rescan.until => rescan.position = last,
                         _ => {
                             if rescan.releases {
-                                self.schedule.release_buckets(now);
+                                self.held_back.clear();
                             }
                             self.rescan = None;
                         }
