@@ -11,5 +11,7 @@ cd "$(dirname "$0")/.."
 minutes=${1:-30}
 shift || true
 bash scripts/services.sh --no-sqs
-cargo build --locked --release --bin outbox-relay
+# cargo bench builds the release binary the driver runs (env!("CARGO_BIN_EXE_outbox-relay"),
+# compiled with the bench's feature set); a separate `cargo build --release` would only build it
+# a second time.
 exec cargo bench --locked --bench soak -- --minutes "$minutes" "$@"
