@@ -514,8 +514,8 @@ async fn main() -> std::process::ExitCode {
         ));
     }
 
-    // The report.
-    let s = seen.lock().unwrap();
+    // The report (the consumer's figures taken out of the lock first).
+    let s = std::mem::take(&mut *seen.lock().unwrap());
     let unique_written = written
         .iter()
         .filter(|id| s.deliveries.contains_key(*id))
@@ -579,7 +579,6 @@ async fn main() -> std::process::ExitCode {
     let _ = writeln!(out, "relays stopped: {}", exits.join("; "));
     let _ = writeln!(out, "relay logs: {}", logs.display());
     println!("{out}");
-    drop(s);
     broker.cleanup().await;
 
     if lost > 0 || violations > 0 {
