@@ -505,6 +505,23 @@ async fn main() -> std::process::ExitCode {
         .await
         .unwrap()
         .get(0);
+    // What the table still holds when a drain did not complete: which events are stuck.
+    let left = db_client
+        .query_one(
+            "SELECT count(*), count(DISTINCT aggregate_id), COALESCE(max(attempts), 0), \
+                    COALESCE(extract(epoch FROM now() - min(created_at))::int8, 0) \
+             FROM outbox_events WHERE status = 'pending'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pending = format!(
+        "{} pending events over {} aggregates (most attempts {}, oldest {} s)",
+        left.get::<_, i64>(0),
+        left.get::<_, i64>(1),
+        left.get::<_, i32>(2),
+        left.get::<_, i64>(3)
+    );
     let mut exits = Vec::new();
     for r in &mut replicas {
         let status = r.terminate().await;
@@ -570,6 +587,7 @@ async fn main() -> std::process::ExitCode {
         drain_time.as_secs_f64(),
         args.drain_timeout
     );
+    let _ = writeln!(out, "left in the table: {pending}");
     if unknown > 0 {
         let _ = writeln!(out, "deliveries of IDs no producer recorded: {unknown}");
     }
