@@ -542,7 +542,7 @@ async fn main() -> std::process::ExitCode {
     let unknown = s.deliveries.len() - unique_written;
     let violations = s.violations.len();
     let mut out = String::new();
-    let minutes = start.elapsed().as_secs_f64() / 60.0;
+    let minutes = (load_ended - start).as_secs_f64() / 60.0; // under load, not the drain
     let _ = writeln!(out, "\nsoak results");
     let _ = writeln!(
         out,
